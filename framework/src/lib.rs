@@ -1,0 +1,35 @@
+//! Choreograph: event-driven choreography (sagas without a coordinator) on Apache Kafka.
+//!
+//! Every service embeds a small runtime that subscribes to the topics of the events it handles,
+//! hands each event to a typed handler and publishes the follow-up events. A saga's correlation
+//! ID, carried by every event (and used as the record key), ties a business transaction
+//! together; a causation ID links each event to the one that caused it.
+//!
+//! Modules, one concern each:
+//! - [`envelope`]: CloudEvents 1.0 on the Kafka protocol binding (binary mode), decoding with
+//!   typed errors.
+//! - [`event`]: typed events (a Rust type with a CloudEvents type and a topic).
+//! - [`publish`]: the [`Publisher`] (`acks=all`, idempotent).
+//! - [`config`]: bootstrap servers, librdkafka pass-through properties, topic defaults.
+//! - [`topics`]: topic lookup and creation through the admin API.
+//! - [`trace_context`]: W3C `traceparent` propagation.
+//! - [`embedded`]: librdkafka's in-process mock cluster, for the demo and quick tests.
+//! - [`record`]: rdkafka message ↔ envelope glue.
+//! - [`testkit`]: helpers for tests against a real broker.
+
+pub mod config;
+pub mod embedded;
+pub mod envelope;
+pub mod event;
+pub mod publish;
+pub mod record;
+pub mod testkit;
+pub mod topics;
+pub mod trace_context;
+
+pub use config::{ConfigError, KafkaConfig, TopicSettings};
+pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
+pub use event::{DataError, Event};
+pub use publish::{PublishError, Published, Publisher};
+pub use topics::{TopicError, Topics};
+pub use trace_context::TraceParent;

@@ -1,0 +1,190 @@
+//! Publishing: putting an event on Kafka, to start a saga or to continue one.
+//!
+//! [`Publisher::start_saga`] mints a new correlation ID (a UUIDv7) and a new trace;
+//! [`Publisher::publish`] adds an event to an existing saga. Either call returns once the
+//! broker has acknowledged the event: the producer runs with `acks=all` and idempotence on, so
+//! an acknowledged event is on every in-sync replica and retries never duplicate it. A cluster
+//! that does not answer fails the call within the connect timeout (metadata) or the delivery
+//! timeout (the write itself), with an error that says so.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::KafkaConfig;
+use crate::envelope::{CloudEvent, CorrelationId};
+use crate::event::{to_cloud_event, DataError, Event};
+use crate::topics::{TopicError, Topics};
+use crate::trace_context::TraceParent;
+
+/// Where an event was written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Published {
+    pub correlation_id: CorrelationId,
+    pub event_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("the broker did not acknowledge the event within {timeout:?} (delivery timeout): is the cluster reachable and the topic writable? ({detail})")]
+    Timeout { timeout: Duration, detail: String },
+    #[error("the broker refused the event: {0}")]
+    Refused(String),
+    #[error("cannot create a Kafka producer: {0}")]
+    Client(String),
+}
+
+/// Publishes events with `acks=all` and the idempotent producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topics: Topics,
+    source: String,
+    delivery_timeout: Duration,
+}
+
+/// The producer settings Choreograph relies on, on top of the pass-through properties.
+pub(crate) fn producer_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut cc = config.client_config();
+    if !config.properties().contains_key("linger.ms") {
+        cc.set("linger.ms", "2");
+    }
+    cc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("allow.auto.create.topics", "false")
+        .set(
+            "message.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        );
+    cc
+}
+
+impl Publisher {
+    /// A publisher that writes events with the given `source` (e.g. `/services/user`).
+    pub fn new(config: &KafkaConfig, source: impl Into<String>) -> Result<Self, PublishError> {
+        let producer: FutureProducer = producer_config(config)
+            .create()
+            .map_err(|e| PublishError::Client(e.to_string()))?;
+        Ok(Self {
+            producer,
+            topics: Topics::new(config)?,
+            source: source.into(),
+            delivery_timeout: config.delivery_timeout,
+        })
+    }
+
+    /// The `source` attribute of events this publisher writes.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Starts a saga with a domain event: a new correlation ID and a new trace.
+    pub async fn start_saga<E: Event>(&self, event: &E) -> Result<Published, PublishError> {
+        let mut ce = to_cloud_event(event, &self.source, CorrelationId::new())?;
+        ce.traceparent = Some(TraceParent::new_root().to_string());
+        self.publish_cloud_event(E::TOPIC, &ce).await
+    }
+
+    /// Publishes an event into an existing saga.
+    pub async fn publish<E: Event>(
+        &self,
+        correlation_id: CorrelationId,
+        event: &E,
+    ) -> Result<Published, PublishError> {
+        let ce = to_cloud_event(event, &self.source, correlation_id)?;
+        self.publish_cloud_event(E::TOPIC, &ce).await
+    }
+
+    /// Publishes a fully formed CloudEvent to a topic (binary mode, keyed by correlation ID).
+    pub async fn publish_cloud_event(
+        &self,
+        topic: &str,
+        event: &CloudEvent,
+    ) -> Result<Published, PublishError> {
+        self.topics.ensure(&[topic]).await?;
+        let (partition, offset) = send(&self.producer, topic, event, self.delivery_timeout).await?;
+        Ok(Published {
+            correlation_id: event.correlation_id,
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        })
+    }
+
+    /// Waits until every queued event is delivered (or the timeout passes).
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|e| PublishError::Timeout {
+                timeout,
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// The headers of a binary-mode record.
+pub(crate) fn record_headers(event: &CloudEvent) -> (String, Vec<u8>, OwnedHeaders) {
+    let encoded = event.encode();
+    let mut headers =
+        OwnedHeaders::new_with_capacity(encoded.headers.len() + encoded.extension_headers.len());
+    for (k, v) in &encoded.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    for (k, v) in &encoded.extension_headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    (encoded.key, encoded.value, headers)
+}
+
+/// Sends one event and waits for its acknowledgement.
+pub(crate) async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &CloudEvent,
+    delivery_timeout: Duration,
+) -> Result<(i32, i64), PublishError> {
+    let (key, value, headers) = record_headers(event);
+    let record = FutureRecord::to(topic)
+        .key(&key)
+        .payload(&value)
+        .headers(headers);
+    match producer
+        .send(record, Timeout::After(delivery_timeout))
+        .await
+    {
+        Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+        Err((e, _)) => Err(classify(e, delivery_timeout)),
+    }
+}
+
+fn classify(e: KafkaError, timeout: Duration) -> PublishError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull) => {
+            PublishError::Timeout {
+                timeout,
+                detail: e.to_string(),
+            }
+        }
+        _ => PublishError::Refused(e.to_string()),
+    }
+}

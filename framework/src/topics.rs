@@ -1,0 +1,212 @@
+//! Topics: finding out whether the cluster answers, and creating the topics Choreograph needs.
+//!
+//! Missing topics are created through the Kafka admin API with the partitions and replication
+//! factor of [`TopicSettings`](crate::config::TopicSettings) (defaults: 6 partitions, the
+//! broker's default replication factor). With topic creation off, a missing topic is an error
+//! that names it. Every call is bounded by the configured connect timeout: an unreachable
+//! cluster is reported as such, not waited on forever.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::KafkaConfig;
+
+/// A topic could not be found, created or inspected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot reach the Kafka cluster at {servers} (no answer within {:.1} s): is the broker running and the address right? ({detail})", .waited.as_secs_f64())]
+    Unreachable {
+        servers: String,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("topic `{0}` does not exist and topic creation is off (CHOREOGRAPH_CREATE_TOPICS=false / --no-create-topics): create it first")]
+    Missing(String),
+    #[error("topic `{topic}` does not exist and this client may not create it ({code}): create it with an admin account, or grant CREATE on it")]
+    CreateDenied { topic: String, code: String },
+    #[error("topic `{topic}` could not be created: {reason}")]
+    CreateFailed { topic: String, reason: String },
+    #[error("topic `{topic}`: {reason}")]
+    Metadata { topic: String, reason: String },
+    #[error("cannot create a Kafka client: {0}")]
+    Client(String),
+}
+
+/// Finds and creates topics, remembering the ones known to exist.
+#[derive(Clone)]
+pub struct Topics {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    config: KafkaConfig,
+    known: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Topics {
+    pub fn new(config: &KafkaConfig) -> Result<Self, TopicError> {
+        let mut cc = config.client_config();
+        cc.set("allow.auto.create.topics", "false");
+        let admin = cc
+            .create::<AdminClient<DefaultClientContext>>()
+            .map_err(|e| TopicError::Client(e.to_string()))?;
+        Ok(Self {
+            admin: Arc::new(admin),
+            config: config.clone(),
+            known: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    fn unreachable(&self, started: Instant, detail: impl ToString) -> TopicError {
+        TopicError::Unreachable {
+            servers: self.config.bootstrap_servers().to_owned(),
+            waited: started.elapsed(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The partition count of a topic, or `None` when it does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<usize>, TopicError> {
+        let admin = self.admin.clone();
+        let timeout = self.config.connect_timeout;
+        let name = topic.to_owned();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            admin
+                .inner()
+                .fetch_metadata(Some(&name), timeout)
+                .map(|md| {
+                    md.topics()
+                        .first()
+                        .map(|t| (t.error(), t.partitions().len()))
+                })
+        })
+        .await
+        .map_err(|e| TopicError::Client(e.to_string()))?;
+        match result {
+            Ok(Some((None, n))) if n > 0 => Ok(Some(n)),
+            Ok(Some((Some(err), _))) => {
+                let code = RDKafkaErrorCode::from(err);
+                match code {
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                        Ok(None)
+                    }
+                    // A topic being created answers LeaderNotAvailable for a moment.
+                    RDKafkaErrorCode::LeaderNotAvailable => Ok(Some(0)),
+                    other => Err(TopicError::Metadata {
+                        topic: topic.to_owned(),
+                        reason: other.to_string(),
+                    }),
+                }
+            }
+            Ok(_) => Ok(None),
+            Err(e @ KafkaError::MetadataFetch(_)) => Err(self.unreachable(started, e)),
+            Err(e) => Err(TopicError::Metadata {
+                topic: topic.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Makes sure every topic exists, creating the missing ones when creation is on.
+    pub async fn ensure(&self, topics: &[&str]) -> Result<(), TopicError> {
+        for topic in topics {
+            if self
+                .known
+                .lock()
+                .map(|k| k.contains(*topic))
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            match self.partition_count(topic).await? {
+                Some(n) if n > 0 => {}
+                Some(_) => self.wait_until_ready(topic).await?,
+                None => {
+                    if !self.config.topics.create {
+                        return Err(TopicError::Missing((*topic).to_owned()));
+                    }
+                    self.create(topic).await?;
+                    self.wait_until_ready(topic).await?;
+                }
+            }
+            if let Ok(mut k) = self.known.lock() {
+                k.insert((*topic).to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, topic: &str) -> Result<(), TopicError> {
+        let settings = &self.config.topics;
+        let new = NewTopic::new(
+            topic,
+            settings.partitions,
+            TopicReplication::Fixed(settings.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
+        let started = Instant::now();
+        let results = tokio::time::timeout(
+            self.config.connect_timeout + Duration::from_secs(1),
+            self.admin.create_topics([&new], &options),
+        )
+        .await
+        .map_err(|_| self.unreachable(started, "CreateTopics got no answer"))?
+        .map_err(|e| TopicError::CreateFailed {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((
+                    name,
+                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed),
+                )) => {
+                    return Err(TopicError::CreateDenied {
+                        topic: name,
+                        code: code.to_string(),
+                    })
+                }
+                Err((name, code)) => {
+                    return Err(TopicError::CreateFailed {
+                        topic: name,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        tracing::info!(
+            topic,
+            partitions = settings.partitions,
+            replication_factor = settings.replication_factor,
+            "created topic"
+        );
+        Ok(())
+    }
+
+    async fn wait_until_ready(&self, topic: &str) -> Result<(), TopicError> {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        loop {
+            if let Some(n) = self.partition_count(topic).await? {
+                if n > 0 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(TopicError::CreateFailed {
+                    topic: topic.to_owned(),
+                    reason: format!(
+                        "created, but no partition leader after {:?}",
+                        self.config.connect_timeout
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
