@@ -10,6 +10,7 @@
 //! | `CHOREOGRAPH_TOPIC_PARTITIONS`         | partitions of topics Choreograph creates              | `6`                |
 //! | `CHOREOGRAPH_TOPIC_REPLICATION_FACTOR` | replication factor of topics it creates; `-1` = the broker's `default.replication.factor` | `-1` |
 //! | `CHOREOGRAPH_CREATE_TOPICS`            | create missing topics through the admin API (`true`/`false`) | `true`      |
+//! | `CHOREOGRAPH_TOPIC_PREFIX`             | prefix of every topic named by an event type (`staging.` makes `registration.user` `staging.registration.user`) | empty |
 //! | `CHOREOGRAPH_CONNECT_TIMEOUT_MS`       | how long to wait for the cluster to answer at all     | `10000`            |
 //! | `CHOREOGRAPH_DELIVERY_TIMEOUT_MS`      | how long a publish may take before it fails (librdkafka `message.timeout.ms`) | `30000` |
 //!
@@ -71,6 +72,9 @@ pub struct KafkaConfig {
     pub connect_timeout: Duration,
     /// How long a publish may take, retries included, before it fails.
     pub delivery_timeout: Duration,
+    /// Prefix of every topic named by an event type (`<prefix><Event::TOPIC>`), for sharing a
+    /// cluster between environments or test runs. Explicitly named topics are left alone.
+    pub topic_prefix: String,
 }
 
 /// The prefix of environment variables that pass librdkafka properties through.
@@ -87,6 +91,7 @@ impl KafkaConfig {
             topics: TopicSettings::default(),
             connect_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
+            topic_prefix: String::new(),
         })
     }
 
@@ -155,6 +160,9 @@ impl KafkaConfig {
                 }
             };
         }
+        if let Some(v) = vars.get("CHOREOGRAPH_TOPIC_PREFIX") {
+            config.topic_prefix = v.clone();
+        }
         if let Some(v) = vars.get("CHOREOGRAPH_CONNECT_TIMEOUT_MS") {
             config.connect_timeout =
                 Duration::from_millis(parse_num(v, "CHOREOGRAPH_CONNECT_TIMEOUT_MS", 1)?);
@@ -182,6 +190,11 @@ impl KafkaConfig {
     pub fn with_topics(mut self, topics: TopicSettings) -> Self {
         self.topics = topics;
         self
+    }
+
+    /// The topic of an event type: the type's topic with the configured prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
     }
 
     pub fn bootstrap_servers(&self) -> &str {

@@ -10,6 +10,10 @@
 //!   typed errors.
 //! - [`event`]: typed events (a Rust type with a CloudEvents type and a topic).
 //! - [`publish`]: the [`Publisher`] (`acks=all`, idempotent).
+//! - [`handler`]: handlers as plain async functions, their [`handler::Context`] and what they emit.
+//! - [`runtime`]: the [`runtime::Service`] that subscribes, dispatches, publishes and commits.
+//! - [`delivery`]: per-partition contiguous offset watermarks (at-least-once bookkeeping).
+//! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
 //! - [`config`]: bootstrap servers, librdkafka pass-through properties, topic defaults.
 //! - [`topics`]: topic lookup and creation through the admin API.
 //! - [`trace_context`]: W3C `traceparent` propagation.
@@ -18,11 +22,15 @@
 //! - [`testkit`]: helpers for tests against a real broker.
 
 pub mod config;
+pub mod dead_letter;
+pub mod delivery;
 pub mod embedded;
 pub mod envelope;
 pub mod event;
+pub mod handler;
 pub mod publish;
 pub mod record;
+pub mod runtime;
 pub mod testkit;
 pub mod topics;
 pub mod trace_context;
@@ -30,6 +38,8 @@ pub mod trace_context;
 pub use config::{ConfigError, KafkaConfig, TopicSettings};
 pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
 pub use event::{DataError, Event};
+pub use handler::{Context, Emit, HandlerError, State};
 pub use publish::{PublishError, Published, Publisher};
+pub use runtime::{RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle};
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

@@ -53,6 +53,7 @@ pub struct Publisher {
     topics: Topics,
     source: String,
     delivery_timeout: Duration,
+    topic_prefix: String,
 }
 
 /// The producer settings Choreograph relies on, on top of the pass-through properties.
@@ -82,6 +83,7 @@ impl Publisher {
             topics: Topics::new(config)?,
             source: source.into(),
             delivery_timeout: config.delivery_timeout,
+            topic_prefix: config.topic_prefix.clone(),
         })
     }
 
@@ -94,7 +96,12 @@ impl Publisher {
     pub async fn start_saga<E: Event>(&self, event: &E) -> Result<Published, PublishError> {
         let mut ce = to_cloud_event(event, &self.source, CorrelationId::new())?;
         ce.traceparent = Some(TraceParent::new_root().to_string());
-        self.publish_cloud_event(E::TOPIC, &ce).await
+        self.publish_cloud_event(&self.topic_of::<E>(), &ce).await
+    }
+
+    /// The topic events of type `E` go to (with the configured topic prefix).
+    pub fn topic_of<E: Event>(&self) -> String {
+        format!("{}{}", self.topic_prefix, E::TOPIC)
     }
 
     /// Publishes an event into an existing saga.
@@ -104,10 +111,11 @@ impl Publisher {
         event: &E,
     ) -> Result<Published, PublishError> {
         let ce = to_cloud_event(event, &self.source, correlation_id)?;
-        self.publish_cloud_event(E::TOPIC, &ce).await
+        self.publish_cloud_event(&self.topic_of::<E>(), &ce).await
     }
 
     /// Publishes a fully formed CloudEvent to a topic (binary mode, keyed by correlation ID).
+    /// The topic is taken as given (no prefix).
     pub async fn publish_cloud_event(
         &self,
         topic: &str,

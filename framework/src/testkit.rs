@@ -34,9 +34,41 @@ pub fn config() -> KafkaConfig {
     KafkaConfig::new(bootstrap_servers()).expect("KAFKA_BOOTSTRAP_SERVERS is not host:port")
 }
 
+/// A [`KafkaConfig`] for the test broker whose event-type topics are prefixed with a prefix of
+/// their own, so a test's topics (and consumer groups reading them) see no other test's records.
+pub fn isolated_config() -> KafkaConfig {
+    let mut c = config();
+    c.topic_prefix = format!("t{}.", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    c
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Reads every record of `topic` up to its current end (the high watermarks when called).
+pub fn read_to_end(config: &KafkaConfig, topic: &str, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", "choreograph-testkit-reader")
+        .create()
+        .expect("cannot create a test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("cannot read topic metadata");
+    let mut total = 0usize;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("cannot read watermarks");
+            total += (high - low).max(0) as usize;
+        }
+    }
+    drop(metadata);
+    drop(consumer);
+    read_topic(config, topic, total, timeout)
 }
 
 /// Reads records of `topic` from the beginning of every partition, without a consumer group,

@@ -1,0 +1,1123 @@
+//! The service runtime: subscribe, dispatch to handlers, publish what they emit, commit.
+//!
+//! ```no_run
+//! # use choreograph::{handler::{Context, HandlerError}, runtime::Service, Event, KafkaConfig};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct UserRegistered { email: String }
+//! # impl Event for UserRegistered { const TYPE: &'static str = "a.v1"; const TOPIC: &'static str = "a"; }
+//! async fn on_registered(ctx: Context, e: UserRegistered) -> Result<(), HandlerError> { Ok(()) }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! Service::builder("activity")
+//!     .handle(on_registered)
+//!     .build(&KafkaConfig::from_env()?)?
+//!     .run() // until SIGINT or SIGTERM
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! How it works:
+//! - One consumer per service instance, in the consumer group named after the service,
+//!   subscribed to the topics of the handled event types. It runs on a dedicated OS thread, so
+//!   the calls that block (rebalance callbacks, synchronous commits, closing the consumer)
+//!   never hold up the async workers that run handlers.
+//! - Records are dispatched by `ce_type`. Records of one saga (same key, the correlation ID)
+//!   are handled strictly one after another, in arrival order; different sagas run
+//!   concurrently. Types the service does not handle are skipped and their offsets advance.
+//! - At-least-once: an input offset is stored for commit only when its handler finished and
+//!   every event it emitted was acknowledged by the broker (`acks=all`, idempotent producer),
+//!   and only as part of the partition's contiguous finished prefix
+//!   ([`crate::delivery`]). A partition with too many records in flight is paused until work
+//!   drains (backpressure), so memory stays bounded.
+//! - On revoke, finished offsets are committed synchronously (after waiting briefly for
+//!   in-flight work of the revoked partitions); work that finishes later is not committed.
+//! - Records that cannot be handled go to the dead-letter topic ([`crate::dead_letter`]);
+//!   retryable handler errors are retried with exponential backoff and jitter first; panics
+//!   are caught and dead-lettered.
+//! - Shutdown (SIGINT/SIGTERM, or [`ShutdownHandle::shutdown`]): stop taking records, finish
+//!   in-flight work within the shutdown timeout, commit, close the consumer, flush the producer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::KafkaConfig;
+use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::delivery::{OffsetBook, PartitionKey};
+use crate::envelope::{headers, CloudEvent};
+use crate::event::Event;
+use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
+use crate::publish::{producer_config, record_headers};
+use crate::record::decode_message;
+use crate::topics::{TopicError, Topics};
+use crate::trace_context::TraceParent;
+
+/// How retryable handler errors are retried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles each time, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter"
+    /// (between half and all of the exponential value).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.max_backoff);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Runtime settings of a service; every field has a sane default.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// The consumer group (default: the service name).
+    pub group_id: Option<String>,
+    /// This instance's name in logs and dead letters (default: `<service>-<pid>-<random>`).
+    pub instance_id: Option<String>,
+    pub retry: RetryPolicy,
+    /// Records in flight per partition before the partition is paused (default 1000).
+    pub max_in_flight_per_partition: usize,
+    /// How long shutdown waits for in-flight work (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// How long a revoke waits for in-flight work of the revoked partitions (default 5 s).
+    pub revoke_grace: Duration,
+    /// Dead-letter topic = input topic + this suffix (default `.dlq`).
+    pub dead_letter_suffix: String,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            group_id: None,
+            instance_id: None,
+            retry: RetryPolicy::default(),
+            max_in_flight_per_partition: 1000,
+            shutdown_timeout: Duration::from_secs(30),
+            revoke_grace: Duration::from_secs(5),
+            dead_letter_suffix: ".dlq".to_owned(),
+        }
+    }
+}
+
+/// A service could not be built or stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("service `{service}` registers two handlers for event type `{event_type}`")]
+    DuplicateHandler { service: String, event_type: String },
+    #[error("service `{0}` has no handlers: register at least one with .handle(...)")]
+    NoHandlers(String),
+    #[error("invalid service name `{0}`: use letters, digits, `-`, `_` or `.`")]
+    InvalidName(String),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("Kafka client: {0}")]
+    Kafka(String),
+    #[error("the consumer thread of service `{0}` stopped unexpectedly")]
+    ConsumerThread(String),
+}
+
+struct Registered<S> {
+    topic: &'static str,
+    handler: Arc<dyn ErasedHandler<S>>,
+}
+
+/// Builds a [`Service`]: its name, state, handlers and options.
+pub struct ServiceBuilder<S> {
+    name: String,
+    state: S,
+    handlers: HashMap<&'static str, Registered<S>>,
+    duplicate: Option<&'static str>,
+    options: ServiceOptions,
+}
+
+/// A service: handlers plus the runtime that feeds them.
+pub struct Service<S> {
+    name: Arc<str>,
+    instance: Arc<str>,
+    state: S,
+    handlers: Arc<HashMap<&'static str, Registered<S>>>,
+    options: ServiceOptions,
+    config: KafkaConfig,
+    topics: Topics,
+    producer: FutureProducer,
+    shutdown: ShutdownHandle,
+}
+
+impl Service<()> {
+    /// A service without application state.
+    pub fn builder(name: impl Into<String>) -> ServiceBuilder<()> {
+        Service::with_state(name, ())
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Service<S> {
+    /// A service whose handlers receive `State<S>`.
+    pub fn with_state(name: impl Into<String>, state: S) -> ServiceBuilder<S> {
+        ServiceBuilder {
+            name: name.into(),
+            state,
+            handlers: HashMap::new(),
+            duplicate: None,
+            options: ServiceOptions::default(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
+    /// Registers the handler of one event type (inferred from the handler's signature).
+    pub fn handle<E, M, H>(mut self, handler: H) -> Self
+    where
+        E: Event,
+        M: 'static,
+        H: Handler<S, E, M>,
+    {
+        let erased: Arc<dyn ErasedHandler<S>> = Arc::new(Typed::<H, E, M> {
+            handler,
+            _marker: PhantomData,
+        });
+        if self
+            .handlers
+            .insert(
+                E::TYPE,
+                Registered {
+                    topic: E::TOPIC,
+                    handler: erased,
+                },
+            )
+            .is_some()
+        {
+            self.duplicate.get_or_insert(E::TYPE);
+        }
+        self
+    }
+
+    /// Replaces the runtime options.
+    pub fn options(mut self, options: ServiceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the retry policy of retryable handler errors.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.options.retry = retry;
+        self
+    }
+
+    /// Creates the Kafka clients. Topics are checked (and created) when the service runs.
+    pub fn build(self, config: &KafkaConfig) -> Result<Service<S>, ServiceError> {
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_name {
+            return Err(ServiceError::InvalidName(self.name));
+        }
+        if let Some(t) = self.duplicate {
+            return Err(ServiceError::DuplicateHandler {
+                service: self.name,
+                event_type: t.to_owned(),
+            });
+        }
+        if self.handlers.is_empty() {
+            return Err(ServiceError::NoHandlers(self.name));
+        }
+        let producer: FutureProducer = producer_config(config)
+            .create()
+            .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+        let instance = self.options.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                self.name,
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            )
+        });
+        Ok(Service {
+            name: self.name.into(),
+            instance: instance.into(),
+            state: self.state,
+            handlers: Arc::new(self.handlers),
+            options: self.options,
+            config: config.clone(),
+            topics: Topics::new(config)?,
+            producer,
+            shutdown: ShutdownHandle::default(),
+        })
+    }
+}
+
+/// Asks a running service to shut down gracefully.
+#[derive(Clone, Default)]
+pub struct ShutdownHandle {
+    requested: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.requested.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A record handed from the consumer thread to the async workers.
+struct Job {
+    message: OwnedMessage,
+    epoch: u64,
+}
+
+/// A finished record, reported back to the consumer thread.
+struct Completion {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+}
+
+impl<S: Clone + Send + Sync + 'static> Service<S> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This instance's ID (in logs and dead letters).
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    /// A handle that shuts the service down gracefully when asked.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The input topics (of the handled event types, with the configured topic prefix).
+    pub fn input_topics(&self) -> Vec<String> {
+        let mut t: Vec<_> = self
+            .handlers
+            .values()
+            .map(|r| self.config.topic(r.topic))
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// The dead-letter topic of an input topic.
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.options.dead_letter_suffix)
+    }
+
+    /// Runs until SIGINT/SIGTERM or [`ShutdownHandle::shutdown`], then shuts down gracefully.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        self.run_until(termination_signal()).await
+    }
+
+    /// Runs until `stop` resolves (or [`ShutdownHandle::shutdown`]), then shuts down gracefully.
+    ///
+    /// Dropping the returned future instead abandons in-flight work without committing it, as
+    /// a crash would (the next owner of the partitions handles it again).
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let inputs = self.input_topics();
+        let dlqs: Vec<String> = inputs.iter().map(|t| self.dead_letter_topic(t)).collect();
+        let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        all.extend(dlqs.iter().map(String::as_str));
+        self.topics.ensure(&all).await?;
+
+        let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
+        let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
+        let (exit_tx, mut exit_rx) = oneshot::channel::<Result<(), ServiceError>>();
+        let control = Arc::new(Control::default());
+        let _abandon_on_drop = AbandonOnDrop(control.clone());
+
+        let handled: HashSet<&'static str> = self.handlers.keys().copied().collect();
+        let thread = ConsumerThread {
+            service: self.name.clone(),
+            group: self
+                .options
+                .group_id
+                .clone()
+                .unwrap_or_else(|| self.name.to_string()),
+            config: self.config.clone(),
+            topics: inputs.clone(),
+            handled,
+            options: self.options.clone(),
+            control: control.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("{}-consumer", self.name))
+            .spawn(move || {
+                let result = thread.run(job_tx, done_rx);
+                let _ = exit_tx.send(result);
+            })
+            .map_err(|e| ServiceError::Kafka(format!("cannot start the consumer thread: {e}")))?;
+
+        let worker = Arc::new(Worker {
+            service: self.name.clone(),
+            instance: self.instance.clone(),
+            source: format!("/services/{}", self.name).into(),
+            state: self.state.clone(),
+            handlers: self.handlers.clone(),
+            producer: self.producer.clone(),
+            topics: self.topics.clone(),
+            retry: self.options.retry.clone(),
+            dead_letter_suffix: self.options.dead_letter_suffix.clone(),
+            delivery_timeout: self.config.delivery_timeout,
+            topic_prefix: self.config.topic_prefix.clone(),
+            done: Mutex::new(done_tx),
+        });
+        let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
+        let mut workers = JoinSet::new();
+        tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, "service started");
+
+        tokio::pin!(stop);
+        let shutdown = self.shutdown.clone();
+        let mut stopping = false;
+        let result = loop {
+            tokio::select! {
+                job = job_rx.recv() => match job {
+                    Some(job) => dispatch(job, &lanes, &worker, &mut workers),
+                    None => {
+                        // The consumer thread is gone; its result follows.
+                        break (&mut exit_rx).await.unwrap_or_else(|_| Err(ServiceError::ConsumerThread(self.name.to_string())));
+                    }
+                },
+                Some(_) = workers.join_next(), if !workers.is_empty() => {}
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    control.stop.store(true, Ordering::SeqCst);
+                }
+                _ = shutdown.wait(), if !stopping => {
+                    stopping = true;
+                    control.stop.store(true, Ordering::SeqCst);
+                }
+                exit = &mut exit_rx => {
+                    break exit.unwrap_or_else(|_| Err(ServiceError::ConsumerThread(self.name.to_string())));
+                }
+            }
+        };
+        workers.abort_all();
+        let producer = self.producer.clone();
+        let flush =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if let Ok(Err(e)) = flush {
+            tracing::warn!(service = %self.name, error = %e, "producer flush at shutdown failed");
+        }
+        tracing::info!(service = %self.name, instance = %self.instance, "service stopped");
+        result
+    }
+}
+
+type Lanes = Arc<Mutex<HashMap<Vec<u8>, VecDeque<Job>>>>;
+
+/// Sends a job to its saga's lane: a new lane (and worker task) if the saga is idle, else the
+/// back of its queue.
+fn dispatch<S: Clone + Send + Sync + 'static>(
+    job: Job,
+    lanes: &Lanes,
+    worker: &Arc<Worker<S>>,
+    workers: &mut JoinSet<()>,
+) {
+    let key = match job.message.key() {
+        Some(k) if !k.is_empty() => k.to_vec(),
+        // No key: no saga to order by; a lane of its own.
+        _ => format!(
+            "\0{}:{}:{}",
+            job.message.topic(),
+            job.message.partition(),
+            job.message.offset()
+        )
+        .into_bytes(),
+    };
+    {
+        let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = map.get_mut(&key) {
+            queue.push_back(job);
+            return;
+        }
+        map.insert(key.clone(), VecDeque::new());
+    }
+    let lanes = lanes.clone();
+    let worker = worker.clone();
+    workers.spawn(async move {
+        let mut job = job;
+        loop {
+            worker.process(job).await;
+            let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(next) => job = next,
+                None => {
+                    map.remove(&key);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[derive(Default)]
+struct Control {
+    /// Graceful stop requested.
+    stop: AtomicBool,
+    /// The runtime future was dropped: exit without draining.
+    abandon: AtomicBool,
+}
+
+struct AbandonOnDrop(Arc<Control>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What the async side needs to handle one record.
+struct Worker<S> {
+    service: Arc<str>,
+    instance: Arc<str>,
+    source: Arc<str>,
+    state: S,
+    handlers: Arc<HashMap<&'static str, Registered<S>>>,
+    producer: FutureProducer,
+    topics: Topics,
+    retry: RetryPolicy,
+    dead_letter_suffix: String,
+    delivery_timeout: Duration,
+    topic_prefix: String,
+    done: Mutex<std_mpsc::Sender<Completion>>,
+}
+
+enum Outcome {
+    Handled(Vec<Outgoing>),
+    Skipped,
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+        attempts: u32,
+    },
+}
+
+impl<S: Clone + Send + Sync + 'static> Worker<S> {
+    async fn process(&self, job: Job) {
+        let message = &job.message;
+        let outcome = match decode_message(message) {
+            Err(e) => Outcome::DeadLetter {
+                reason: DeadLetterReason::InvalidEnvelope,
+                error: e.to_string(),
+                attempts: 0,
+            },
+            Ok((event, _)) => {
+                let span = tracing::info_span!(
+                    "handle",
+                    service = %self.service,
+                    event_type = %event.event_type,
+                    correlation_id = %event.correlation_id,
+                    causation_id = event.causation_id.as_deref().unwrap_or(""),
+                    event_id = %event.id,
+                );
+                let event = Arc::new(event);
+                let outcome = self
+                    .handle(message, event.clone())
+                    .instrument(span.clone())
+                    .await;
+                if let Outcome::Handled(outgoing) = &outcome {
+                    self.publish_outputs(&event, outgoing)
+                        .instrument(span)
+                        .await;
+                }
+                outcome
+            }
+        };
+        if let Outcome::DeadLetter {
+            reason,
+            error,
+            attempts,
+        } = outcome
+        {
+            self.dead_letter(message, reason, error, attempts).await;
+        }
+        let completion = Completion {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            epoch: job.epoch,
+        };
+        if let Ok(done) = self.done.lock() {
+            let _ = done.send(completion);
+        }
+    }
+
+    async fn handle(&self, message: &OwnedMessage, event: Arc<CloudEvent>) -> Outcome {
+        let Some(registered) = self.handlers.get(event.event_type.as_str()) else {
+            // A structured-mode record of a type this service does not handle.
+            return Outcome::Skipped;
+        };
+        let mut attempt = 1;
+        loop {
+            let ctx = Context {
+                service: self.service.clone(),
+                event: event.clone(),
+                topic: message.topic().into(),
+                partition: message.partition(),
+                offset: message.offset(),
+                attempt,
+            };
+            let handler = registered.handler.clone();
+            let state = self.state.clone();
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(state, ctx)));
+            let result = match call {
+                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            match result {
+                Ok(Ok(outgoing)) => return Outcome::Handled(outgoing),
+                Ok(Err(CallError::Data(e))) => {
+                    return Outcome::DeadLetter {
+                        reason: DeadLetterReason::InvalidData,
+                        error: e,
+                        attempts: 0,
+                    }
+                }
+                Ok(Err(CallError::Output(e))) => {
+                    return Outcome::DeadLetter {
+                        reason: DeadLetterReason::InvalidOutput,
+                        error: e,
+                        attempts: attempt,
+                    }
+                }
+                Ok(Err(CallError::Handler(e))) if !e.is_retryable() => {
+                    return Outcome::DeadLetter {
+                        reason: DeadLetterReason::HandlerFailed,
+                        error: e.message().to_owned(),
+                        attempts: attempt,
+                    }
+                }
+                Ok(Err(CallError::Handler(e))) => {
+                    if attempt >= self.retry.max_attempts {
+                        return Outcome::DeadLetter {
+                            reason: DeadLetterReason::RetriesExhausted,
+                            error: e.message().to_owned(),
+                            attempts: attempt,
+                        };
+                    }
+                    let backoff = self.retry.backoff(attempt);
+                    tracing::info!(attempt, ?backoff, error = %e.message(), "handler failed, will retry");
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                Err(panic) => {
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_owned());
+                    return Outcome::DeadLetter {
+                        reason: DeadLetterReason::HandlerPanicked,
+                        error: format!("handler panicked: {text}"),
+                        attempts: attempt,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Publishes follow-up events and waits for every acknowledgement, retrying (with backoff)
+    /// until the broker takes them: the input is never committed before its outputs are written.
+    async fn publish_outputs(&self, input: &CloudEvent, outgoing: &[Outgoing]) {
+        let trace = input
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.parse::<TraceParent>().ok());
+        let events: Vec<(String, CloudEvent)> = outgoing
+            .iter()
+            .map(|o| {
+                let mut ce = CloudEvent::new(
+                    &*self.source,
+                    o.event_type,
+                    input.correlation_id,
+                    o.data.clone(),
+                );
+                ce.causation_id = Some(input.id.clone());
+                ce.traceparent = trace.map(|t| t.child().to_string());
+                ce.tracestate = trace.and(input.tracestate.clone());
+                (format!("{}{}", self.topic_prefix, o.topic), ce)
+            })
+            .collect();
+        let sends = events.iter().map(|(topic, ce)| async move {
+            let mut failures = 0u32;
+            loop {
+                let result = match self.topics.ensure(&[topic.as_str()]).await {
+                    Ok(()) => self.send(topic, ce).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(()) => return,
+                    Err(e) => {
+                        failures += 1;
+                        let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
+                        tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+        if !events.is_empty() {
+            tracing::debug!(emitted = events.len(), "emitted follow-up events");
+        }
+    }
+
+    async fn send(&self, topic: &str, ce: &CloudEvent) -> Result<(), String> {
+        let (key, value, headers) = record_headers(ce);
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(headers);
+        self.producer
+            .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: DeadLetterReason,
+        error: String,
+        attempts: u32,
+    ) {
+        let dlq_topic = format!("{}{}", message.topic(), self.dead_letter_suffix);
+        tracing::warn!(
+            service = %self.service,
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            %reason,
+            %error,
+            dead_letter_topic = %dlq_topic,
+            "record dead-lettered"
+        );
+        let letter = DeadLetter {
+            record: message,
+            reason,
+            error,
+            service: &self.service,
+            instance: &self.instance,
+            attempts,
+        };
+        let mut failures = 0u32;
+        loop {
+            match self
+                .producer
+                .send(
+                    letter.record(&dlq_topic),
+                    rdkafka::util::Timeout::After(self.delivery_timeout),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    failures += 1;
+                    tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, attempt = failures, "writing a dead letter failed; retrying (the input stays uncommitted)");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// The consumer side, on its own OS thread.
+struct ConsumerThread {
+    service: Arc<str>,
+    group: String,
+    config: KafkaConfig,
+    topics: Vec<String>,
+    handled: HashSet<&'static str>,
+    options: ServiceOptions,
+    control: Arc<Control>,
+}
+
+/// Bookkeeping shared by the poll loop and the rebalance callbacks (both on the consumer thread).
+struct Book {
+    offsets: OffsetBook,
+    paused: HashSet<PartitionKey>,
+}
+
+struct RuntimeContext {
+    service: Arc<str>,
+    book: Mutex<Book>,
+    completions: Mutex<std_mpsc::Receiver<Completion>>,
+    revoke_grace: Duration,
+}
+
+impl ClientContext for RuntimeContext {}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            // Give in-flight work of the revoked partitions a moment to finish.
+            let deadline = Instant::now() + self.revoke_grace;
+            loop {
+                self.absorb_completions(Some(Duration::from_millis(20)));
+                let busy = {
+                    let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                    revoked.iter().any(|(t, p)| {
+                        book.offsets
+                            .get(t, *p)
+                            .map(|tr| tr.in_flight() > 0)
+                            .unwrap_or(false)
+                    })
+                };
+                if !busy || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            self.store_pending(consumer);
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %e, "commit on revoke failed")
+                }
+            }
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, p) in &revoked {
+                if let Some(tr) = book.offsets.revoke(t, *p) {
+                    if tr.in_flight() > 0 {
+                        tracing::info!(service = %self.service, topic = %t, partition = p, abandoned = tr.in_flight(), "partition revoked with work in flight; it will be handled again by the new owner");
+                    }
+                }
+                book.paused.remove(&(t.clone(), *p));
+            }
+            tracing::info!(service = %self.service, partitions = ?revoked, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            let mut assigned = Vec::new();
+            for e in tpl.elements() {
+                book.offsets.assign(e.topic(), e.partition());
+                book.paused.remove(&(e.topic().to_owned(), e.partition()));
+                assigned.push((e.topic().to_owned(), e.partition()));
+            }
+            tracing::info!(service = %self.service, partitions = ?assigned, "partitions assigned");
+        }
+    }
+}
+
+impl RuntimeContext {
+    /// Applies finished records to the book (waiting up to `wait` for the first one).
+    fn absorb_completions(&self, wait: Option<Duration>) -> usize {
+        let rx = self.completions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        if let Some(w) = wait {
+            if let Ok(c) = rx.recv_timeout(w) {
+                book.offsets
+                    .finish(&c.topic, c.partition, c.offset, c.epoch);
+                n += 1;
+            }
+        }
+        while let Ok(c) = rx.try_recv() {
+            book.offsets
+                .finish(&c.topic, c.partition, c.offset, c.epoch);
+            n += 1;
+        }
+        n
+    }
+
+    /// Stores every advanced watermark for the next commit.
+    fn store_pending(&self, consumer: &BaseConsumer<Self>) {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        let mut stored = Vec::new();
+        for ((t, p), tr) in book.offsets.iter_mut() {
+            if let Some(o) = tr.pending_commit() {
+                if tpl.add_partition_offset(t, *p, Offset::Offset(o)).is_ok() {
+                    stored.push(((t.clone(), *p), o));
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.store_offsets(&tpl) {
+            Ok(()) => {
+                for ((t, p), o) in stored {
+                    if let Some(tr) = book.offsets.get_mut(&t, p) {
+                        tr.mark_stored(o);
+                    }
+                }
+            }
+            // Benign during a rebalance (the partition is no longer ours).
+            Err(e) => tracing::debug!(error = %e, "storing offsets failed"),
+        }
+    }
+}
+
+impl ConsumerThread {
+    fn consumer(&self, ctx: RuntimeContext) -> Result<BaseConsumer<RuntimeContext>, ServiceError> {
+        let mut cc = self.config.client_config();
+        let defaults = [
+            ("partition.assignment.strategy", "range"),
+            ("auto.commit.interval.ms", "1000"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("auto.offset.reset", "earliest"),
+        ];
+        for (k, v) in defaults {
+            if !self.config.properties().contains_key(k) {
+                cc.set(k, v);
+            }
+        }
+        cc.set("group.id", &self.group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("allow.auto.create.topics", "false");
+        let consumer: BaseConsumer<RuntimeContext> = cc
+            .create_with_context(ctx)
+            .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+        Ok(consumer)
+    }
+
+    fn run(
+        self,
+        jobs: mpsc::UnboundedSender<Job>,
+        done: std_mpsc::Receiver<Completion>,
+    ) -> Result<(), ServiceError> {
+        let ctx = RuntimeContext {
+            service: self.service.clone(),
+            book: Mutex::new(Book {
+                offsets: OffsetBook::default(),
+                paused: HashSet::new(),
+            }),
+            completions: Mutex::new(done),
+            revoke_grace: self.options.revoke_grace,
+        };
+        let consumer = self.consumer(ctx)?;
+        let max = self.options.max_in_flight_per_partition.max(1);
+        let mut draining_since: Option<Instant> = None;
+        let mut last_poll_error: Option<Instant> = None;
+        loop {
+            let ctx = consumer.context();
+            ctx.absorb_completions(None);
+            ctx.store_pending(&consumer);
+            self.resume_drained(&consumer, max);
+
+            if self.control.abandon.load(Ordering::SeqCst) {
+                // The runtime was dropped (a crash, for the purpose of delivery): leave without
+                // draining. Only finished work was stored, so only finished work is committed.
+                break;
+            }
+            if self.control.stop.load(Ordering::SeqCst) {
+                let since = *draining_since.get_or_insert_with(|| {
+                    tracing::info!(service = %self.service, "shutting down: finishing in-flight work");
+                    if let Ok(assignment) = consumer.assignment() {
+                        let _ = consumer.pause(&assignment);
+                    }
+                    Instant::now()
+                });
+                let in_flight = ctx
+                    .book
+                    .lock()
+                    .map(|b| b.offsets.total_in_flight())
+                    .unwrap_or(0);
+                if in_flight == 0 {
+                    break;
+                }
+                if since.elapsed() >= self.options.shutdown_timeout {
+                    tracing::warn!(service = %self.service, in_flight, "shutdown timeout: leaving unfinished work uncommitted");
+                    break;
+                }
+            }
+
+            match consumer.poll(Duration::from_millis(5)) {
+                None => {}
+                // Logged at most every 5 s: librdkafka retries by itself.
+                Some(Err(e))
+                    if last_poll_error
+                        .map(|t| t.elapsed() > Duration::from_secs(5))
+                        .unwrap_or(true) =>
+                {
+                    tracing::warn!(service = %self.service, error = %e, "consumer error (librdkafka retries by itself)");
+                    last_poll_error = Some(Instant::now());
+                }
+                Some(Err(_)) => {}
+                Some(Ok(message)) => {
+                    if draining_since.is_some() {
+                        // Not taken: not tracked, never committed; handled after a restart.
+                        continue;
+                    }
+                    let (topic, partition, offset) = (
+                        message.topic().to_owned(),
+                        message.partition(),
+                        message.offset(),
+                    );
+                    let unhandled = message
+                        .headers()
+                        .and_then(|hs| hs.iter().filter(|h| h.key == headers::TYPE).last())
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(|t| !self.handled.contains(t))
+                        .unwrap_or(false);
+                    let mut book = ctx.book.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(epoch) = book.offsets.start(&topic, partition, offset) else {
+                        continue;
+                    };
+                    if unhandled {
+                        // Not ours to handle: the offset simply advances.
+                        book.offsets.finish(&topic, partition, offset, epoch);
+                        continue;
+                    }
+                    let in_flight = book
+                        .offsets
+                        .get(&topic, partition)
+                        .map(|t| t.in_flight())
+                        .unwrap_or(0);
+                    if in_flight >= max && book.paused.insert((topic.clone(), partition)) {
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&topic, partition);
+                        if let Err(e) = consumer.pause(&tpl) {
+                            tracing::warn!(error = %e, "pausing a partition failed");
+                            book.paused.remove(&(topic.clone(), partition));
+                        } else {
+                            tracing::debug!(topic = %topic, partition, in_flight, "partition paused (backpressure)");
+                        }
+                    }
+                    drop(book);
+                    if jobs
+                        .send(Job {
+                            message: message.detach(),
+                            epoch,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        // Final commit of finished work, then leave the group (blocking; on this thread).
+        let ctx = consumer.context();
+        ctx.absorb_completions(None);
+        ctx.store_pending(&consumer);
+        if !self.control.abandon.load(Ordering::SeqCst) {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %e, "final commit failed")
+                }
+            }
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        Ok(())
+    }
+
+    fn resume_drained(&self, consumer: &BaseConsumer<RuntimeContext>, max: usize) {
+        let mut book = consumer
+            .context()
+            .book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if book.paused.is_empty() || self.control.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let ready: Vec<PartitionKey> = book
+            .paused
+            .iter()
+            .filter(|(t, p)| {
+                book.offsets
+                    .get(t, *p)
+                    .map(|tr| tr.in_flight() <= max / 2)
+                    .unwrap_or(true)
+            })
+            .cloned()
+            .collect();
+        for key in ready {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            if consumer.resume(&tpl).is_ok() {
+                book.paused.remove(&key);
+            }
+        }
+    }
+}

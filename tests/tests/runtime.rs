@@ -1,0 +1,601 @@
+//! The service runtime against a real broker: a two-service chain, no loss across a crash,
+//! order within a saga under concurrency, dead letters, graceful shutdown, rebalancing.
+//!
+//! Every test runs on topics of its own (`testkit::isolated_config` prefixes them).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use choreograph::dead_letter::headers as dlq;
+use choreograph::record::decode_message;
+use choreograph::runtime::{RetryPolicy, Service, ServiceOptions};
+use choreograph::{
+    testkit, Context, CorrelationId, Event, HandlerError, KafkaConfig, Publisher, State,
+};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Started {
+    n: u32,
+    seq: u32,
+}
+impl Event for Started {
+    const TYPE: &'static str = "test.chain.started.v1";
+    const TOPIC: &'static str = "chain.a";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Middle {
+    n: u32,
+}
+impl Event for Middle {
+    const TYPE: &'static str = "test.chain.middle.v1";
+    const TOPIC: &'static str = "chain.b";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Finished {
+    n: u32,
+}
+impl Event for Finished {
+    const TYPE: &'static str = "test.chain.finished.v1";
+    const TOPIC: &'static str = "chain.c";
+}
+
+/// What handlers saw, for the assertions.
+#[derive(Default)]
+struct Probe {
+    /// Handler runs per input event id (a redelivery counts again).
+    runs: Mutex<HashMap<String, usize>>,
+    /// Per saga, the `seq` of each handled `Started`, in handling order.
+    order: Mutex<HashMap<CorrelationId, Vec<u32>>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    /// Maximum handler delay in ms (0 = none).
+    max_delay_ms: u64,
+}
+
+impl Probe {
+    fn with_delay(ms: u64) -> Arc<Self> {
+        Arc::new(Self {
+            max_delay_ms: ms,
+            ..Default::default()
+        })
+    }
+
+    fn handled(&self) -> usize {
+        self.runs.lock().unwrap().len()
+    }
+
+    fn duplicates(&self) -> usize {
+        self.runs.lock().unwrap().values().map(|n| n - 1).sum()
+    }
+}
+
+async fn start_to_middle(
+    State(probe): State<Arc<Probe>>,
+    ctx: Context,
+    e: Started,
+) -> Result<Middle, HandlerError> {
+    let now = probe.running.fetch_add(1, Ordering::SeqCst) + 1;
+    probe.max_running.fetch_max(now, Ordering::SeqCst);
+    if probe.max_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=probe.max_delay_ms))).await;
+    }
+    match e.n {
+        666 => panic!("the handler hit a bug on purpose"),
+        777 => {
+            probe.running.fetch_sub(1, Ordering::SeqCst);
+            return Err(HandlerError::retryable(
+                "the downstream is down (on purpose)",
+            ));
+        }
+        _ => {}
+    }
+    probe
+        .order
+        .lock()
+        .unwrap()
+        .entry(ctx.correlation_id())
+        .or_default()
+        .push(e.seq);
+    *probe
+        .runs
+        .lock()
+        .unwrap()
+        .entry(ctx.event_id().to_owned())
+        .or_default() += 1;
+    probe.running.fetch_sub(1, Ordering::SeqCst);
+    Ok(Middle { n: e.n })
+}
+
+async fn middle_to_finished(ctx: Context, e: Middle) -> Result<Finished, HandlerError> {
+    assert_eq!(ctx.service(), "svc2");
+    Ok(Finished { n: e.n })
+}
+
+fn fast_options() -> ServiceOptions {
+    ServiceOptions {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        },
+        ..Default::default()
+    }
+}
+
+fn service1(config: &KafkaConfig, probe: Arc<Probe>) -> Service<Arc<Probe>> {
+    service1_with(config, probe, fast_options())
+}
+
+/// Few records in flight per partition: the pause/resume backpressure path, and runs long
+/// enough that a crash or a shutdown lands in the middle of the work.
+fn throttled() -> ServiceOptions {
+    ServiceOptions {
+        max_in_flight_per_partition: 4,
+        ..fast_options()
+    }
+}
+
+fn service1_with(
+    config: &KafkaConfig,
+    probe: Arc<Probe>,
+    options: ServiceOptions,
+) -> Service<Arc<Probe>> {
+    Service::with_state("svc1", probe)
+        .options(options)
+        .handle(start_to_middle)
+        .build(config)
+        .unwrap()
+}
+
+fn service2(config: &KafkaConfig) -> Service<()> {
+    Service::builder("svc2")
+        .handle(middle_to_finished)
+        .build(config)
+        .unwrap()
+}
+
+/// Starts `n` sagas, each with `per_saga` `Started` events (seq 0..per_saga), interleaved.
+async fn start_sagas(config: &KafkaConfig, n: u32, per_saga: u32) -> Vec<CorrelationId> {
+    let publisher = Publisher::new(config, "/services/test").unwrap();
+    let mut sagas = Vec::new();
+    for i in 0..n {
+        sagas.push(
+            publisher
+                .start_saga(&Started { n: i, seq: 0 })
+                .await
+                .unwrap()
+                .correlation_id,
+        );
+    }
+    for seq in 1..per_saga {
+        let events: Vec<Started> = (0..n).map(|i| Started { n: i, seq }).collect();
+        let sends = sagas
+            .iter()
+            .zip(&events)
+            .map(|(c, e)| publisher.publish(*c, e));
+        for r in futures::future::join_all(sends).await {
+            r.unwrap();
+        }
+    }
+    sagas
+}
+
+/// Waits until `cond` holds, failing the test (with `what`) after a generous bound.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a topic off the async workers (the read blocks), so services keep running meanwhile.
+async fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let (config, topic) = (config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || testkit::read_topic(&config, &topic, count, timeout))
+        .await
+        .unwrap()
+}
+
+async fn read_events(config: &KafkaConfig, topic_of_type: &str, count: usize) -> Vec<OwnedMessage> {
+    read_topic(
+        config,
+        &config.topic(topic_of_type),
+        count,
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// Every record of an event type's topic, up to its current end.
+async fn read_all_events(config: &KafkaConfig, topic_of_type: &str) -> Vec<OwnedMessage> {
+    let (config, topic) = (config.clone(), config.topic(topic_of_type));
+    tokio::task::spawn_blocking(move || {
+        testkit::read_to_end(&config, &topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_two_service_chain_links_every_event() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(0);
+    let s1 = service1(&config, probe.clone());
+    let s2 = service2(&config);
+    let (h1, h2) = (s1.shutdown_handle(), s2.shutdown_handle());
+    let t1 = tokio::spawn(s1.run_until(futures::future::pending()));
+    let t2 = tokio::spawn(s2.run_until(futures::future::pending()));
+
+    let sagas = start_sagas(&config, 20, 1).await;
+    let a = read_events(&config, Started::TOPIC, 20).await;
+    let b = read_events(&config, Middle::TOPIC, 20).await;
+    let c = read_events(&config, Finished::TOPIC, 20).await;
+    h1.shutdown();
+    h2.shutdown();
+    t1.await.unwrap().unwrap();
+    t2.await.unwrap().unwrap();
+    assert_eq!(
+        (a.len(), b.len(), c.len()),
+        (20, 20, 20),
+        "every saga went A → B → C exactly once"
+    );
+
+    let decode =
+        |ms: &[OwnedMessage]| -> HashMap<CorrelationId, (choreograph::CloudEvent, OwnedMessage)> {
+            ms.iter()
+                .map(|m| {
+                    let (ce, _) = decode_message(m).unwrap();
+                    (ce.correlation_id, (ce, m.clone()))
+                })
+                .collect()
+        };
+    let (a, b, c) = (decode(&a), decode(&b), decode(&c));
+    for saga in &sagas {
+        let (ea, ma) = &a[saga];
+        let (eb, mb) = &b[saga];
+        let (ec, mc) = &c[saga];
+        for (e, m) in [(ea, ma), (eb, mb), (ec, mc)] {
+            assert_eq!(
+                m.key(),
+                Some(saga.to_string().as_bytes()),
+                "key = correlation ID"
+            );
+            assert_eq!(header(m, "ce_specversion").as_deref(), Some("1.0"));
+            assert_eq!(
+                header(m, "content-type").as_deref(),
+                Some("application/json")
+            );
+            assert_eq!(uuid::Uuid::parse_str(&e.id).unwrap().get_version_num(), 7);
+        }
+        assert_eq!(ea.causation_id, None);
+        assert_eq!(
+            eb.causation_id.as_deref(),
+            Some(ea.id.as_str()),
+            "B was caused by A"
+        );
+        assert_eq!(
+            ec.causation_id.as_deref(),
+            Some(eb.id.as_str()),
+            "C was caused by B"
+        );
+        assert_eq!(eb.source, "/services/svc1");
+        assert_eq!(ec.source, "/services/svc2");
+        assert_eq!(eb.event_type, Middle::TYPE);
+        assert_eq!(ec.event_type, Finished::TYPE);
+        // One trace across the saga, a new span per hop.
+        let tp = |e: &choreograph::CloudEvent| {
+            e.traceparent
+                .as_deref()
+                .unwrap()
+                .parse::<choreograph::TraceParent>()
+                .unwrap()
+        };
+        assert_eq!(tp(ea).trace_id, tp(eb).trace_id);
+        assert_eq!(tp(eb).trace_id, tp(ec).trace_id);
+        assert_ne!(tp(ea).span_id, tp(eb).span_id);
+        // Same key, same partition number on every topic.
+        assert_eq!(ma.partition(), mb.partition());
+        assert_eq!(mb.partition(), mc.partition());
+    }
+    assert_eq!(probe.duplicates(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn no_loss_when_a_service_crashes_with_uncommitted_work() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(200);
+    let sagas = start_sagas(&config, 300, 1).await;
+
+    let first = tokio::spawn(
+        service1_with(&config, probe.clone(), throttled()).run_until(futures::future::pending()),
+    );
+    wait_for("a third of the sagas handled", || probe.handled() >= 100).await;
+    // A crash: the runtime is dropped mid-flight, with no graceful shutdown.
+    first.abort();
+    let _ = first.await;
+    let handled_before = probe.handled();
+    assert!(
+        handled_before < 300,
+        "the crash happened with work left ({handled_before} handled)"
+    );
+
+    let second = service1(&config, probe.clone());
+    let h = second.shutdown_handle();
+    let t = tokio::spawn(second.run_until(futures::future::pending()));
+    wait_for("every saga handled", || probe.handled() == 300).await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+
+    let outputs = read_all_events(&config, Middle::TOPIC).await;
+    let done: HashSet<CorrelationId> = outputs
+        .iter()
+        .map(|m| decode_message(m).unwrap().0.correlation_id)
+        .collect();
+    for s in &sagas {
+        assert!(done.contains(s), "saga {s} lost");
+    }
+    let duplicates = outputs.len() - done.len();
+    eprintln!(
+        "crash test: {} sagas, {} handled before the crash, {} handler re-runs, {} duplicate outputs",
+        sagas.len(),
+        handled_before,
+        probe.duplicates(),
+        duplicates
+    );
+    assert_eq!(
+        probe.duplicates(),
+        duplicates,
+        "every re-run re-emitted, nothing else did"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn order_within_a_saga_holds_under_concurrency() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(15);
+    let sagas = start_sagas(&config, 300, 5).await;
+    let s = service1(&config, probe.clone());
+    let h = s.shutdown_handle();
+    let t = tokio::spawn(s.run_until(futures::future::pending()));
+    wait_for("1,500 events handled", || probe.handled() == 1500).await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+
+    let order = probe.order.lock().unwrap();
+    for saga in &sagas {
+        assert_eq!(
+            order[saga],
+            vec![0, 1, 2, 3, 4],
+            "saga {saga} handled out of order"
+        );
+    }
+    let max = probe.max_running.load(Ordering::SeqCst);
+    eprintln!("order test: up to {max} handlers ran at once");
+    assert!(max > 1, "sagas were handled concurrently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(0);
+    let topic = config.topic(Started::TOPIC);
+    choreograph::Topics::new(&config)
+        .unwrap()
+        .ensure(&[&topic])
+        .await
+        .unwrap();
+    let producer: FutureProducer = config.client_config().create().unwrap();
+    // Every record shares one key: one partition, one lane, so "after it" is well defined.
+    let saga = CorrelationId::new();
+    let key = saga.to_string();
+    let good = |n: u32| {
+        let mut ce =
+            choreograph::event::to_cloud_event(&Started { n, seq: n }, "/services/test", saga)
+                .unwrap();
+        ce.causation_id = None;
+        ce
+    };
+    let send = |value: Vec<u8>, headers: Vec<(&'static str, String)>| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        let key = key.clone();
+        async move {
+            let mut hs = OwnedHeaders::new();
+            for (k, v) in &headers {
+                hs = hs.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(hs),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let full =
+        |ce: &choreograph::CloudEvent| -> Vec<(&'static str, String)> { ce.encode().headers };
+    let mut expected_dlq = Vec::new();
+
+    send(good(1).data.clone(), full(&good(1))).await;
+    let garbage = send(vec![0xde, 0xad, 0xbe, 0xef], vec![]).await;
+    expected_dlq.push((garbage.offset, "invalid-envelope", "ce_specversion"));
+    let missing = send(
+        good(2).data.clone(),
+        vec![
+            ("ce_type", Started::TYPE.to_owned()),
+            ("ce_specversion", "1.0".into()),
+        ],
+    )
+    .await;
+    expected_dlq.push((missing.offset, "invalid-envelope", "ce_id"));
+    let mut shape = good(3);
+    shape.data = br#"{"n":"three"}"#.to_vec();
+    let wrong_shape = send(shape.data.clone(), full(&shape)).await;
+    expected_dlq.push((wrong_shape.offset, "invalid-data", "does not match"));
+    let panics = send(good(666).data.clone(), full(&good(666))).await;
+    expected_dlq.push((panics.offset, "handler-panicked", "on purpose"));
+    let retries = send(good(777).data.clone(), full(&good(777))).await;
+    expected_dlq.push((retries.offset, "retries-exhausted", "downstream is down"));
+    let mut other = good(4);
+    other.event_type = "test.chain.unrelated.v1".into();
+    send(other.data.clone(), full(&other)).await; // not handled here: skipped, not dead-lettered
+    send(good(5).data.clone(), full(&good(5))).await;
+
+    let s = service1(&config, probe.clone());
+    let h = s.shutdown_handle();
+    let t = tokio::spawn(s.run_until(futures::future::pending()));
+    wait_for("the good records around the bad ones handled", || {
+        probe.handled() == 2
+    })
+    .await;
+    let dead = read_topic(
+        &config,
+        &format!("{topic}.dlq"),
+        expected_dlq.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+
+    assert_eq!(
+        probe.order.lock().unwrap()[&saga],
+        vec![1, 5],
+        "records after the bad ones were handled, in order"
+    );
+    assert_eq!(
+        dead.len(),
+        expected_dlq.len(),
+        "one dead letter per bad record, none for the skipped type"
+    );
+    for (m, (offset, reason, error_part)) in dead.iter().zip(&expected_dlq) {
+        assert_eq!(header(m, dlq::REASON).as_deref(), Some(*reason));
+        let error = header(m, dlq::ERROR).unwrap();
+        assert!(
+            error.contains(error_part),
+            "{reason}: `{error}` should mention `{error_part}`"
+        );
+        assert_eq!(header(m, dlq::SERVICE).as_deref(), Some("svc1"));
+        assert_eq!(header(m, dlq::TOPIC).as_deref(), Some(topic.as_str()));
+        assert_eq!(header(m, dlq::OFFSET), Some(offset.to_string()));
+        assert!(header(m, dlq::PARTITION).is_some() && header(m, dlq::TIMESTAMP).is_some());
+        assert_eq!(
+            m.key(),
+            Some(key.as_bytes()),
+            "the record is kept unchanged"
+        );
+    }
+    assert_eq!(
+        header(&dead[4], dlq::ATTEMPTS).as_deref(),
+        Some("3"),
+        "retried up to max_attempts"
+    );
+    assert_eq!(
+        header(&dead[0], dlq::ATTEMPTS).as_deref(),
+        Some("0"),
+        "never reached a handler"
+    );
+    assert_eq!(dead[0].payload(), Some(&[0xde, 0xad, 0xbe, 0xef][..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn graceful_shutdown_under_load_loses_and_repeats_nothing() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(200);
+    let sagas = start_sagas(&config, 300, 1).await;
+    let s = service1_with(&config, probe.clone(), throttled());
+    let h = s.shutdown_handle();
+    let t = tokio::spawn(s.run_until(futures::future::pending()));
+    wait_for("some sagas handled", || probe.handled() >= 80).await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    let at_shutdown = probe.handled();
+
+    let s = service1(&config, probe.clone());
+    let h = s.shutdown_handle();
+    let t = tokio::spawn(s.run_until(futures::future::pending()));
+    wait_for("every saga handled", || probe.handled() == sagas.len()).await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    eprintln!(
+        "shutdown test: {at_shutdown} of {} handled before the shutdown",
+        sagas.len()
+    );
+    assert!(
+        at_shutdown < sagas.len(),
+        "the shutdown happened under load"
+    );
+    assert_eq!(probe.duplicates(), 0, "nothing handled twice");
+    let outputs = read_all_events(&config, Middle::TOPIC).await;
+    assert_eq!(
+        outputs.len(),
+        sagas.len(),
+        "one output per saga, none lost, none repeated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_rebalance_between_two_instances_loses_nothing() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(200);
+    let sagas = start_sagas(&config, 400, 1).await;
+    let a = service1_with(&config, probe.clone(), throttled());
+    let ha = a.shutdown_handle();
+    let ta = tokio::spawn(a.run_until(futures::future::pending()));
+    wait_for("some sagas handled", || probe.handled() >= 60).await;
+    // A second instance joins the group mid-run: partitions move.
+    let b = service1_with(&config, probe.clone(), throttled());
+    let hb = b.shutdown_handle();
+    let tb = tokio::spawn(b.run_until(futures::future::pending()));
+    wait_for("every saga handled", || probe.handled() == sagas.len()).await;
+    ha.shutdown();
+    hb.shutdown();
+    ta.await.unwrap().unwrap();
+    tb.await.unwrap().unwrap();
+    let outputs = read_all_events(&config, Middle::TOPIC).await;
+    let done: HashSet<CorrelationId> = outputs
+        .iter()
+        .map(|m| decode_message(m).unwrap().0.correlation_id)
+        .collect();
+    assert_eq!(done.len(), sagas.len(), "no saga lost");
+    eprintln!("rebalance test: {} handler re-runs", probe.duplicates());
+}
