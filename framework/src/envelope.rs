@@ -189,6 +189,21 @@ pub struct RecordView<'a> {
     pub headers: &'a [(&'a str, Option<&'a [u8]>)],
 }
 
+/// The `id` of the `index`-th event that `source` emits in reaction to the event `cause_id`.
+///
+/// A UUIDv7 whose 48-bit time is `millis` (the cause's time) and whose other bits are a hash of
+/// (cause, source, index): re-handling the same cause yields the same IDs, so a re-delivery
+/// re-emits identical events (the same `ce_id`) that consumers can recognise as duplicates.
+pub fn derived_event_id(cause_id: &str, source: &str, index: usize, millis: u64) -> String {
+    let name = format!("{cause_id}\n{source}\n{index}");
+    let hash = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());
+    let mut rand = [0u8; 10];
+    rand.copy_from_slice(&hash.as_bytes()[6..16]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand)
+        .into_uuid()
+        .to_string()
+}
+
 /// The parts of a Kafka record that carry one event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncodedRecord {
@@ -773,6 +788,26 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_v7_and_distinct() {
+        let a = derived_event_id("cause", "/services/x", 0, 1_700_000_000_000);
+        assert_eq!(
+            a,
+            derived_event_id("cause", "/services/x", 0, 1_700_000_000_000)
+        );
+        assert_ne!(
+            a,
+            derived_event_id("cause", "/services/x", 1, 1_700_000_000_000)
+        );
+        assert_ne!(
+            a,
+            derived_event_id("cause", "/services/y", 0, 1_700_000_000_000)
+        );
+        let u = Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.get_timestamp().unwrap().to_unix().0, 1_700_000_000);
     }
 
     #[test]

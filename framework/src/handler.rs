@@ -43,9 +43,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::envelope::{CloudEvent, CorrelationId};
 use crate::event::{from_cloud_event, DataError, Event};
+use crate::saga_state::SagaSlot;
 
 /// Application state handed to handlers, like axum's `State`.
 #[derive(Clone, Debug, Default)]
@@ -202,9 +204,62 @@ pub struct Context {
     pub(crate) partition: i32,
     pub(crate) offset: i64,
     pub(crate) attempt: u32,
+    pub(crate) saga: Option<Arc<SagaSlot>>,
 }
 
 impl Context {
+    /// A context for calling a handler directly, without a runtime (unit tests of handlers).
+    /// `saga_state` is the saga's state before the call (`None`: none yet); read what the
+    /// handler left with [`Context::saga_state`] afterwards.
+    pub fn for_test(
+        service: &str,
+        event: CloudEvent,
+        saga_state: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            event: Arc::new(event),
+            topic: "test".into(),
+            partition: 0,
+            offset: 0,
+            attempt: 1,
+            saga: Some(Arc::new(SagaSlot::new(saga_state))),
+        }
+    }
+
+    fn slot(&self) -> Result<&SagaSlot, HandlerError> {
+        self.saga.as_deref().ok_or_else(|| {
+            HandlerError::permanent(format!(
+                "service `{}` keeps no saga state: enable it with ServiceBuilder::keep_saga_state()",
+                self.service
+            ))
+        })
+    }
+
+    /// This saga's state in this service, `None` before anything was stored.
+    pub fn saga_state<T: DeserializeOwned>(&self) -> Result<Option<T>, HandlerError> {
+        match self.slot()?.read() {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| {
+                HandlerError::permanent(format!("stored saga state does not match its type: {e}"))
+            }),
+        }
+    }
+
+    /// Replaces this saga's state; written durably (before the input is committed) once the
+    /// handler returns `Ok`. Discarded if the handler fails.
+    pub fn set_saga_state<T: Serialize>(&self, state: &T) -> Result<(), HandlerError> {
+        let v = serde_json::to_value(state)
+            .map_err(|e| HandlerError::permanent(format!("saga state does not serialize: {e}")))?;
+        self.slot()?.write(Some(v));
+        Ok(())
+    }
+
+    /// Forgets this saga's state (a tombstone in the changelog).
+    pub fn clear_saga_state(&self) -> Result<(), HandlerError> {
+        self.slot()?.write(None);
+        Ok(())
+    }
     /// The saga this event belongs to.
     pub fn correlation_id(&self) -> CorrelationId {
         self.event.correlation_id

@@ -31,6 +31,7 @@ pub mod handler;
 pub mod publish;
 pub mod record;
 pub mod runtime;
+pub mod saga_state;
 pub mod testkit;
 pub mod topics;
 pub mod trace_context;

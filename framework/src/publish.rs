@@ -62,6 +62,11 @@ pub(crate) fn producer_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
     if !config.properties().contains_key("linger.ms") {
         cc.set("linger.ms", "2");
     }
+    // Java clients' default partitioner: a saga's key maps to the same partition number
+    // whichever client (Rust or JVM) writes it.
+    if !config.properties().contains_key("partitioner") {
+        cc.set("partitioner", "murmur2_random");
+    }
     cc.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("allow.auto.create.topics", "false")

@@ -59,11 +59,12 @@ use tracing::Instrument;
 use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::delivery::{OffsetBook, PartitionKey};
-use crate::envelope::{headers, CloudEvent};
+use crate::envelope::{derived_event_id, headers, CloudEvent};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
 use crate::publish::{producer_config, record_headers};
 use crate::record::decode_message;
+use crate::saga_state::{SagaSlot, SagaStore};
 use crate::topics::{TopicError, Topics};
 use crate::trace_context::TraceParent;
 
@@ -116,6 +117,9 @@ pub struct ServiceOptions {
     pub revoke_grace: Duration,
     /// Dead-letter topic = input topic + this suffix (default `.dlq`).
     pub dead_letter_suffix: String,
+    /// Keep per-saga state (see [`crate::saga_state`]); set by
+    /// [`ServiceBuilder::keep_saga_state`].
+    pub saga_state: bool,
 }
 
 impl Default for ServiceOptions {
@@ -128,6 +132,7 @@ impl Default for ServiceOptions {
             shutdown_timeout: Duration::from_secs(30),
             revoke_grace: Duration::from_secs(5),
             dead_letter_suffix: ".dlq".to_owned(),
+            saga_state: false,
         }
     }
 }
@@ -145,6 +150,8 @@ pub enum ServiceError {
     Topic(#[from] TopicError),
     #[error("Kafka client: {0}")]
     Kafka(String),
+    #[error("service `{service}` keeps saga state, so its topics must have equal partition counts (a saga's events share a partition number only then), but they have: {counts}. Give them the same number of partitions.")]
+    NotCoPartitioned { service: String, counts: String },
     #[error("the consumer thread of service `{0}` stopped unexpectedly")]
     ConsumerThread(String),
 }
@@ -227,6 +234,13 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
     /// Replaces the runtime options.
     pub fn options(mut self, options: ServiceOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Keeps per-saga state for the handlers ([`Context::saga_state`]), durable in the
+    /// service's compacted changelog topic `<service>.saga-state`.
+    pub fn keep_saga_state(mut self) -> Self {
+        self.options.saga_state = true;
         self
     }
 
@@ -368,6 +382,51 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         t
     }
 
+    /// The changelog topic of the per-saga state.
+    pub fn saga_state_topic(&self) -> String {
+        self.config.topic(&format!("{}.saga-state", self.name))
+    }
+
+    /// Checks co-partitioning and creates the changelog; returns its name when state is kept.
+    async fn prepare_saga_state(&self, inputs: &[String]) -> Result<Option<String>, ServiceError> {
+        if !self.options.saga_state {
+            return Ok(None);
+        }
+        let changelog = self.saga_state_topic();
+        let mut counts = Vec::new();
+        for t in inputs {
+            counts.push((
+                t.clone(),
+                self.topics.partition_count(t).await?.unwrap_or(0),
+            ));
+        }
+        let n = counts[0].1;
+        self.topics
+            .ensure_spec(
+                &changelog,
+                &crate::topics::TopicSpec {
+                    partitions: Some(n as i32),
+                    compacted: true,
+                },
+            )
+            .await?;
+        counts.push((
+            changelog.clone(),
+            self.topics.partition_count(&changelog).await?.unwrap_or(0),
+        ));
+        if counts.iter().any(|(_, c)| *c != n) {
+            return Err(ServiceError::NotCoPartitioned {
+                service: self.name.to_string(),
+                counts: counts
+                    .iter()
+                    .map(|(t, c)| format!("{t}={c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(Some(changelog))
+    }
+
     /// The dead-letter topic of an input topic.
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.options.dead_letter_suffix)
@@ -388,6 +447,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
         all.extend(dlqs.iter().map(String::as_str));
         self.topics.ensure(&all).await?;
+        let changelog = self.prepare_saga_state(&inputs).await?;
+        let store = changelog.as_ref().map(|_| SagaStore::default());
 
         let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
@@ -405,6 +466,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                 .unwrap_or_else(|| self.name.to_string()),
             config: self.config.clone(),
             topics: inputs.clone(),
+            saga_state: changelog.clone().zip(store.clone()),
             handled,
             options: self.options.clone(),
             control: control.clone(),
@@ -429,6 +491,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             dead_letter_suffix: self.options.dead_letter_suffix.clone(),
             delivery_timeout: self.config.delivery_timeout,
             topic_prefix: self.config.topic_prefix.clone(),
+            saga_state: changelog.zip(store),
             done: Mutex::new(done_tx),
         });
         let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
@@ -549,6 +612,8 @@ struct Worker<S> {
     dead_letter_suffix: String,
     delivery_timeout: Duration,
     topic_prefix: String,
+    /// The changelog topic and the in-memory store, when the service keeps saga state.
+    saga_state: Option<(String, SagaStore)>,
     done: Mutex<std_mpsc::Sender<Completion>>,
 }
 
@@ -581,14 +646,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     event_id = %event.id,
                 );
                 let event = Arc::new(event);
+                let slot = self.saga_state.as_ref().map(|(_, store)| {
+                    let key = message.key().unwrap_or_default();
+                    Arc::new(SagaSlot::new(store.get(message.partition(), key)))
+                });
                 let outcome = self
-                    .handle(message, event.clone())
+                    .handle(message, event.clone(), slot.clone())
                     .instrument(span.clone())
                     .await;
                 if let Outcome::Handled(outgoing) = &outcome {
                     self.publish_outputs(&event, outgoing)
-                        .instrument(span)
+                        .instrument(span.clone())
                         .await;
+                    if let Some(change) = slot.and_then(|s| s.take_change()) {
+                        self.write_saga_state(message, change)
+                            .instrument(span)
+                            .await;
+                    }
                 }
                 outcome
             }
@@ -612,7 +686,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn handle(&self, message: &OwnedMessage, event: Arc<CloudEvent>) -> Outcome {
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        event: Arc<CloudEvent>,
+        slot: Option<Arc<SagaSlot>>,
+    ) -> Outcome {
         let Some(registered) = self.handlers.get(event.event_type.as_str()) else {
             // A structured-mode record of a type this service does not handle.
             return Outcome::Skipped;
@@ -626,7 +705,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 partition: message.partition(),
                 offset: message.offset(),
                 attempt,
+                saga: slot.clone(),
             };
+            if let Some(slot) = &slot {
+                // A retry starts again from the stored state.
+                slot.take_change();
+            }
             let handler = registered.handler.clone();
             let state = self.state.clone();
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(state, ctx)));
@@ -693,9 +777,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .traceparent
             .as_deref()
             .and_then(|t| t.parse::<TraceParent>().ok());
+        let cause_millis = uuid::Uuid::parse_str(&input.id)
+            .ok()
+            .and_then(|u| u.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs * 1000 + u64::from(nanos / 1_000_000)
+            })
+            .unwrap_or_else(|| input.time.timestamp_millis().max(0) as u64);
         let events: Vec<(String, CloudEvent)> = outgoing
             .iter()
-            .map(|o| {
+            .enumerate()
+            .map(|(i, o)| {
                 let mut ce = CloudEvent::new(
                     &*self.source,
                     o.event_type,
@@ -703,6 +796,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     o.data.clone(),
                 );
                 ce.causation_id = Some(input.id.clone());
+                ce.id = derived_event_id(&input.id, &self.source, i, cause_millis);
                 ce.traceparent = trace.map(|t| t.child().to_string());
                 ce.tracestate = trace.and(input.tracestate.clone());
                 (format!("{}{}", self.topic_prefix, o.topic), ce)
@@ -730,6 +824,39 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         if !events.is_empty() {
             tracing::debug!(emitted = events.len(), "emitted follow-up events");
         }
+    }
+
+    /// Writes a saga's new state to the changelog (same partition number as the input) and,
+    /// once acknowledged, to memory. Retries until the broker takes it.
+    async fn write_saga_state(&self, message: &OwnedMessage, change: Option<serde_json::Value>) {
+        let Some((changelog, store)) = &self.saga_state else {
+            return;
+        };
+        let key = message.key().unwrap_or_default();
+        let payload = change.as_ref().map(|v| v.to_string());
+        let mut failures = 0u32;
+        loop {
+            let mut record = rdkafka::producer::FutureRecord::<[u8], str>::to(changelog)
+                .key(key)
+                .partition(message.partition());
+            if let Some(p) = &payload {
+                record = record.payload(p.as_str());
+            }
+            match self
+                .producer
+                .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
+                .await
+            {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    failures += 1;
+                    tracing::warn!(changelog = %changelog, error = %e, attempt = failures, "writing saga state failed; retrying (the input stays uncommitted)");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
+                        .await;
+                }
+            }
+        }
+        store.put(message.partition(), key, change);
     }
 
     async fn send(&self, topic: &str, ce: &CloudEvent) -> Result<(), String> {
@@ -800,6 +927,7 @@ struct ConsumerThread {
     config: KafkaConfig,
     topics: Vec<String>,
     handled: HashSet<&'static str>,
+    saga_state: Option<(String, SagaStore)>,
     options: ServiceOptions,
     control: Arc<Control>,
 }
@@ -815,6 +943,8 @@ struct RuntimeContext {
     book: Mutex<Book>,
     completions: Mutex<std_mpsc::Receiver<Completion>>,
     revoke_grace: Duration,
+    /// Changelog, store and client settings for restoring saga state on assignment.
+    saga_state: Option<(String, SagaStore, KafkaConfig)>,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -861,6 +991,13 @@ impl ConsumerContext for RuntimeContext {
                 }
                 book.paused.remove(&(t.clone(), *p));
             }
+            drop(book);
+            if let Some((_, store, _)) = &self.saga_state {
+                // Another instance may own these sagas next: never keep stale state.
+                for (_, p) in &revoked {
+                    store.drop_partition(*p);
+                }
+            }
             tracing::info!(service = %self.service, partitions = ?revoked, "partitions revoked");
         }
     }
@@ -873,6 +1010,28 @@ impl ConsumerContext for RuntimeContext {
                 book.offsets.assign(e.topic(), e.partition());
                 book.paused.remove(&(e.topic().to_owned(), e.partition()));
                 assigned.push((e.topic().to_owned(), e.partition()));
+            }
+            drop(book);
+            if let Some((changelog, store, config)) = &self.saga_state {
+                // Restore before any record of these partitions is handled: records are only
+                // dispatched after this callback returns.
+                let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+                numbers.sort_unstable();
+                numbers.dedup();
+                for p in numbers {
+                    if store.is_loaded(p) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    match store.restore(config, changelog, p, Duration::from_secs(60)) {
+                        Ok(sagas) => {
+                            tracing::info!(service = %self.service, partition = p, sagas, took = ?started.elapsed(), "saga state restored")
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %self.service, partition = p, error = %e, "saga state restore failed; the partition's sagas start from empty state")
+                        }
+                    }
+                }
             }
             tracing::info!(service = %self.service, partitions = ?assigned, "partitions assigned");
         }
@@ -970,6 +1129,10 @@ impl ConsumerThread {
             }),
             completions: Mutex::new(done),
             revoke_grace: self.options.revoke_grace,
+            saga_state: self
+                .saga_state
+                .clone()
+                .map(|(t, s)| (t, s, self.config.clone())),
         };
         let consumer = self.consumer(ctx)?;
         let max = self.options.max_in_flight_per_partition.max(1);

@@ -37,6 +37,15 @@ pub enum TopicError {
     Client(String),
 }
 
+/// How to create a topic that is missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Partitions (default: the configured topic partitions).
+    pub partitions: Option<i32>,
+    /// `cleanup.policy=compact` (changelogs).
+    pub compacted: bool,
+}
+
 /// Finds and creates topics, remembering the ones known to exist.
 #[derive(Clone)]
 pub struct Topics {
@@ -113,39 +122,49 @@ impl Topics {
     /// Makes sure every topic exists, creating the missing ones when creation is on.
     pub async fn ensure(&self, topics: &[&str]) -> Result<(), TopicError> {
         for topic in topics {
-            if self
-                .known
-                .lock()
-                .map(|k| k.contains(*topic))
-                .unwrap_or(false)
-            {
-                continue;
-            }
-            match self.partition_count(topic).await? {
-                Some(n) if n > 0 => {}
-                Some(_) => self.wait_until_ready(topic).await?,
-                None => {
-                    if !self.config.topics.create {
-                        return Err(TopicError::Missing((*topic).to_owned()));
-                    }
-                    self.create(topic).await?;
-                    self.wait_until_ready(topic).await?;
-                }
-            }
-            if let Ok(mut k) = self.known.lock() {
-                k.insert((*topic).to_owned());
-            }
+            self.ensure_spec(topic, &TopicSpec::default()).await?;
         }
         Ok(())
     }
 
-    async fn create(&self, topic: &str) -> Result<(), TopicError> {
+    /// Makes sure a topic exists, creating it as `spec` says when it is missing.
+    pub async fn ensure_spec(&self, topic: &str, spec: &TopicSpec) -> Result<(), TopicError> {
+        if self
+            .known
+            .lock()
+            .map(|k| k.contains(topic))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        match self.partition_count(topic).await? {
+            Some(n) if n > 0 => {}
+            Some(_) => self.wait_until_ready(topic).await?,
+            None => {
+                if !self.config.topics.create {
+                    return Err(TopicError::Missing(topic.to_owned()));
+                }
+                self.create(topic, spec).await?;
+                self.wait_until_ready(topic).await?;
+            }
+        }
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(topic.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn create(&self, topic: &str, spec: &TopicSpec) -> Result<(), TopicError> {
         let settings = &self.config.topics;
-        let new = NewTopic::new(
+        let partitions = spec.partitions.unwrap_or(settings.partitions);
+        let mut new = NewTopic::new(
             topic,
-            settings.partitions,
+            partitions,
             TopicReplication::Fixed(settings.replication_factor),
         );
+        if spec.compacted {
+            new = new.set("cleanup.policy", "compact");
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
         let started = Instant::now();
         let results = tokio::time::timeout(
