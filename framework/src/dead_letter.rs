@@ -6,7 +6,7 @@
 //!
 //! | header          | value                                                          |
 //! |-----------------|----------------------------------------------------------------|
-//! | `dlq_reason`    | `invalid-envelope`, `invalid-data`, `handler-failed`, `retries-exhausted`, `handler-panicked`, `invalid-output` |
+//! | `dlq_reason`    | `invalid-envelope`, `invalid-data`, `handler-failed`, `retries-exhausted`, `handler-panicked`, `invalid-output`, `schema-invalid` |
 //! | `dlq_error`     | the error text                                                 |
 //! | `dlq_service`   | the service that gave up on it                                 |
 //! | `dlq_instance`  | which instance of that service                                 |
@@ -32,8 +32,10 @@ pub enum DeadLetterReason {
     RetriesExhausted,
     /// The handler panicked.
     HandlerPanicked,
-    /// The handler's follow-up events could not be serialized.
+    /// The handler's follow-up events could not be serialized, or break their schemas.
     InvalidOutput,
+    /// The data breaks its event type's schema in the catalogue.
+    SchemaInvalid,
 }
 
 impl DeadLetterReason {
@@ -45,6 +47,7 @@ impl DeadLetterReason {
             Self::RetriesExhausted => "retries-exhausted",
             Self::HandlerPanicked => "handler-panicked",
             Self::InvalidOutput => "invalid-output",
+            Self::SchemaInvalid => "schema-invalid",
         }
     }
 }

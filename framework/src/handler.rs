@@ -227,6 +227,32 @@ impl Context {
         }
     }
 
+    /// [`Context::for_test`] for a typed event of a new saga.
+    pub fn for_test_event<E: Event>(
+        service: &str,
+        event: &E,
+        saga_state: Option<serde_json::Value>,
+    ) -> Self {
+        Self::for_test_in_saga(service, event, CorrelationId::new(), saga_state)
+    }
+
+    /// [`Context::for_test`] for a typed event of a given saga.
+    pub fn for_test_in_saga<E: Event>(
+        service: &str,
+        event: &E,
+        saga: CorrelationId,
+        saga_state: Option<serde_json::Value>,
+    ) -> Self {
+        let ce =
+            crate::event::to_cloud_event(event, "/test", saga).expect("the test event serializes");
+        Self::for_test(service, ce, saga_state)
+    }
+
+    /// The saga state as stored JSON (for tests: what a handler left behind).
+    pub fn saga_state_json(&self) -> Option<serde_json::Value> {
+        self.saga.as_ref().and_then(|s| s.read())
+    }
+
     fn slot(&self) -> Result<&SagaSlot, HandlerError> {
         self.saga.as_deref().ok_or_else(|| {
             HandlerError::permanent(format!(

@@ -14,6 +14,8 @@
 //! - [`runtime`]: the [`runtime::Service`] that subscribes, dispatches, publishes and commits.
 //! - [`delivery`]: per-partition contiguous offset watermarks (at-least-once bookkeeping).
 //! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
+//! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
+//! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
 //! - [`config`]: bootstrap servers, librdkafka pass-through properties, topic defaults.
 //! - [`topics`]: topic lookup and creation through the admin API.
 //! - [`trace_context`]: W3C `traceparent` propagation.
@@ -21,6 +23,7 @@
 //! - [`record`]: rdkafka message ↔ envelope glue.
 //! - [`testkit`]: helpers for tests against a real broker.
 
+pub mod catalogue;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;
@@ -36,6 +39,7 @@ pub mod testkit;
 pub mod topics;
 pub mod trace_context;
 
+pub use catalogue::{Catalogue, SagaOutcome, SchemaViolation};
 pub use config::{ConfigError, KafkaConfig, TopicSettings};
 pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
 pub use event::{DataError, Event};

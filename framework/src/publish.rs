@@ -44,6 +44,8 @@ pub enum PublishError {
     Refused(String),
     #[error("cannot create a Kafka producer: {0}")]
     Client(String),
+    #[error("refused: {0}")]
+    Schema(#[from] crate::catalogue::SchemaViolation),
 }
 
 /// Publishes events with `acks=all` and the idempotent producer.
@@ -54,6 +56,7 @@ pub struct Publisher {
     source: String,
     delivery_timeout: Duration,
     topic_prefix: String,
+    catalogue: Option<std::sync::Arc<crate::catalogue::Catalogue>>,
 }
 
 /// The producer settings Choreograph relies on, on top of the pass-through properties.
@@ -89,7 +92,18 @@ impl Publisher {
             source: source.into(),
             delivery_timeout: config.delivery_timeout,
             topic_prefix: config.topic_prefix.clone(),
+            catalogue: None,
         })
+    }
+
+    /// Validates every event against the catalogue before publishing it (types the catalogue
+    /// does not know pass); an invalid event is refused with [`PublishError::Schema`].
+    pub fn with_catalogue(
+        mut self,
+        catalogue: std::sync::Arc<crate::catalogue::Catalogue>,
+    ) -> Self {
+        self.catalogue = Some(catalogue);
+        self
     }
 
     /// The `source` attribute of events this publisher writes.
@@ -126,6 +140,9 @@ impl Publisher {
         topic: &str,
         event: &CloudEvent,
     ) -> Result<Published, PublishError> {
+        if let Some(c) = &self.catalogue {
+            c.validate(&event.event_type, &event.data)?;
+        }
         self.topics.ensure(&[topic]).await?;
         let (partition, offset) = send(&self.producer, topic, event, self.delivery_timeout).await?;
         Ok(Published {

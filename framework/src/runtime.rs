@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::catalogue::Catalogue;
 use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::delivery::{OffsetBook, PartitionKey};
@@ -168,6 +169,7 @@ pub struct ServiceBuilder<S> {
     handlers: HashMap<&'static str, Registered<S>>,
     duplicate: Option<&'static str>,
     options: ServiceOptions,
+    catalogue: Option<Arc<Catalogue>>,
 }
 
 /// A service: handlers plus the runtime that feeds them.
@@ -181,6 +183,7 @@ pub struct Service<S> {
     topics: Topics,
     producer: FutureProducer,
     shutdown: ShutdownHandle,
+    catalogue: Option<Arc<Catalogue>>,
 }
 
 impl Service<()> {
@@ -199,6 +202,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             handlers: HashMap::new(),
             duplicate: None,
             options: ServiceOptions::default(),
+            catalogue: None,
         }
     }
 }
@@ -241,6 +245,13 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
     /// service's compacted changelog topic `<service>.saga-state`.
     pub fn keep_saga_state(mut self) -> Self {
         self.options.saga_state = true;
+        self
+    }
+
+    /// Validates consumed events (invalid: dead-lettered, `schema-invalid`) and emitted events
+    /// (invalid: the input is dead-lettered, `invalid-output`) against the catalogue.
+    pub fn catalogue(mut self, catalogue: Arc<Catalogue>) -> Self {
+        self.catalogue = Some(catalogue);
         self
     }
 
@@ -290,6 +301,7 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
             topics: Topics::new(config)?,
             producer,
             shutdown: ShutdownHandle::default(),
+            catalogue: self.catalogue,
         })
     }
 }
@@ -314,6 +326,62 @@ impl ShutdownHandle {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// The `main` of a service binary.
+///
+/// Logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
+/// the environment ([`KafkaConfig::from_env`]), builds the service with `build`, and runs it
+/// until SIGINT/SIGTERM. Exit status: 0 after a clean shutdown, 1 when the service failed while
+/// running, 2 when it could not start (bad configuration, unreachable cluster at start-up).
+pub fn service_main<S, F>(build: F) -> std::process::ExitCode
+where
+    S: Clone + Send + Sync + 'static,
+    F: FnOnce(&KafkaConfig) -> Result<Service<S>, Box<dyn std::error::Error>>,
+{
+    use std::process::ExitCode;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match KafkaConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match build(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(service.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (ServiceError::Topic(_) | ServiceError::NotCoPartitioned { .. })) => {
+            tracing::error!("cannot start: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!("stopped: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -492,6 +560,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             delivery_timeout: self.config.delivery_timeout,
             topic_prefix: self.config.topic_prefix.clone(),
             saga_state: changelog.zip(store),
+            catalogue: self.catalogue.clone(),
             done: Mutex::new(done_tx),
         });
         let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
@@ -614,6 +683,7 @@ struct Worker<S> {
     topic_prefix: String,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
+    catalogue: Option<Arc<Catalogue>>,
     done: Mutex<std_mpsc::Sender<Completion>>,
 }
 
@@ -696,6 +766,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             // A structured-mode record of a type this service does not handle.
             return Outcome::Skipped;
         };
+        if let Some(catalogue) = &self.catalogue {
+            if let Err(v) = catalogue.validate(&event.event_type, &event.data) {
+                return Outcome::DeadLetter {
+                    reason: DeadLetterReason::SchemaInvalid,
+                    error: v.to_string(),
+                    attempts: 0,
+                };
+            }
+        }
         let mut attempt = 1;
         loop {
             let ctx = Context {
@@ -719,7 +798,21 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 Err(panic) => Err(panic),
             };
             match result {
-                Ok(Ok(outgoing)) => return Outcome::Handled(outgoing),
+                Ok(Ok(outgoing)) => {
+                    let invalid = self.catalogue.as_ref().and_then(|c| {
+                        outgoing
+                            .iter()
+                            .find_map(|o| c.validate(o.event_type, &o.data).err())
+                    });
+                    return match invalid {
+                        None => Outcome::Handled(outgoing),
+                        Some(v) => Outcome::DeadLetter {
+                            reason: DeadLetterReason::InvalidOutput,
+                            error: format!("the handler emitted an invalid event: {v}"),
+                            attempts: attempt,
+                        },
+                    };
+                }
                 Ok(Err(CallError::Data(e))) => {
                     return Outcome::DeadLetter {
                         reason: DeadLetterReason::InvalidData,

@@ -1,37 +1,65 @@
-//! The registration demo: runs on an embedded Kafka (librdkafka's mock cluster, in-process)
-//! unless `--brokers` names a real cluster.
+//! The registration demo: the whole choreography end to end in one process.
 //!
-//! For now it starts one registration saga, publishes its first event and reads it back.
+//! Starts an embedded Kafka (librdkafka's mock cluster, in-process) unless `--brokers` names a
+//! real cluster, runs the four services (user, activity, coupon, points: the same code as their
+//! binaries), registers users so that every branch runs (welcomed, rejected enrolment,
+//! compensated points refusal), shows progress, and prints a sample saga of each outcome in
+//! causal order with timings, then a summary.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use choreograph::embedded::EmbeddedKafka;
-use choreograph::{Event, KafkaConfig, Publisher};
+use choreograph::record::decode_message;
+use choreograph::{Catalogue, CloudEvent, CorrelationId, KafkaConfig, SagaOutcome};
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use registration_events::{Plan, UserRegistered};
 
 #[derive(Parser)]
-#[command(about = "Run the registration saga end to end (embedded Kafka unless --brokers)")]
+#[command(about = "Run the registration choreography end to end (embedded Kafka unless --brokers)")]
 struct Args {
     /// A real cluster to run against (host:port[,host:port]); default: an embedded mock cluster
     #[arg(long, short = 'b')]
     brokers: Option<String>,
+    /// How many registrations (sagas) to run
+    #[arg(long, short = 'n', default_value_t = 300, value_parser = clap::value_parser!(u32).range(3..=100_000))]
+    sagas: u32,
+    /// Give up waiting for the sagas to end after this many seconds
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct UserRegistered {
-    user_id: String,
-    email: String,
+/// The registration of user `i`: 7 in 10 welcomed (free or pro plan), 1 in 10 at a blocked
+/// e-mail domain (enrolment rejected), 2 in 10 on the enterprise plan, whose welcome points
+/// exceed the daily budget (points refused, coupon revoked: compensated).
+fn registration(i: u32) -> UserRegistered {
+    let (domain, plan) = match i % 10 {
+        7 => ("mailinator.com", Plan::Free),
+        8 | 9 => ("example.com", Plan::Enterprise),
+        n if n % 2 == 0 => ("example.com", Plan::Free),
+        _ => ("example.org", Plan::Pro),
+    };
+    UserRegistered {
+        user_id: format!("user-{i:05}"),
+        email: format!("user{i}@{domain}"),
+        display_name: format!("User {i}"),
+        plan,
+    }
 }
 
-impl Event for UserRegistered {
-    const TYPE: &'static str = "registration.user.registered.v1";
-    const TOPIC: &'static str = "registration.user";
+/// Everything the observer saw of one saga.
+#[derive(Default)]
+struct Saga {
+    events: Vec<CloudEvent>,
+    ended: Option<(SagaOutcome, chrono::DateTime<chrono::Utc>)>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,47 +68,272 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let embedded;
-    let config = match &args.brokers {
-        Some(b) => KafkaConfig::new(b)?,
-        None => {
-            embedded = EmbeddedKafka::start(1)?;
-            embedded.create_topic(UserRegistered::TOPIC, 6)?;
-            println!(
-                "embedded Kafka (librdkafka mock cluster) at {}",
-                embedded.bootstrap_servers()
-            );
-            KafkaConfig::new(embedded.bootstrap_servers())?
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    let publisher = Publisher::new(&config, "/services/user")?;
-    let published = publisher
-        .start_saga(&UserRegistered {
-            user_id: "u-1".into(),
-            email: "ada@example.com".into(),
-        })
-        .await
-        .context("publishing the saga's first event")?;
-    println!("started saga {}", published.correlation_id);
-    let records = choreograph::testkit::read_topic(
-        &config,
-        UserRegistered::TOPIC,
-        usize::MAX,
-        Duration::from_secs(3),
-    );
-    for r in records {
-        if let Ok((ce, _)) = choreograph::record::decode_message(&r) {
-            if ce.correlation_id == published.correlation_id {
-                println!(
-                    "  {} {} from {} at {}: {}",
-                    ce.event_type,
-                    ce.id,
-                    ce.source,
-                    ce.time,
-                    String::from_utf8_lossy(&ce.data)
-                );
-            }
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let catalogue = registration_events::catalogue();
+    let _embedded;
+    let config = match &args.brokers {
+        Some(b) => {
+            println!("Kafka: {b}");
+            KafkaConfig::new(b)?
+        }
+        None => {
+            let kafka = EmbeddedKafka::start(1)?;
+            // The mock has no CreateTopics API: create every topic the choreography uses.
+            for topic in catalogue.topics() {
+                kafka.create_topic(topic, 6)?;
+                kafka.create_topic(&format!("{topic}.dlq"), 6)?;
+            }
+            for service in ["user", "activity", "coupon"] {
+                kafka.create_topic(&format!("{service}.saga-state"), 6)?;
+            }
+            println!(
+                "Kafka: embedded (librdkafka mock cluster at {}; pass --brokers HOST:PORT for a real cluster)",
+                kafka.bootstrap_servers()
+            );
+            // An empty fetch on the mock waits the whole fetch.wait.max.ms: keep it short.
+            let config =
+                KafkaConfig::new(kafka.bootstrap_servers())?.with("fetch.wait.max.ms", "5");
+            _embedded = kafka;
+            config
+        }
+    };
+
+    // The four services, each with its own consumer group, as separate processes would be.
+    let services = vec![
+        spawn(user::service(&config)?),
+        spawn(activity::service(&config, activity::Settings::default())?),
+        spawn(coupon::service(&config, coupon::Settings::default())?),
+        spawn(points::service(&config, points::Settings::default())?),
+    ];
+    println!("services: user, activity, coupon, points");
+
+    let observer = observe(&config, &catalogue)?;
+    let publisher = user::publisher(&config)?;
+    let started = Instant::now();
+    let mut sagas: HashMap<CorrelationId, u32> = HashMap::new();
+    for i in 0..args.sagas {
+        let receipt = user::register(&publisher, &registration(i))
+            .await
+            .with_context(|| format!("registering user {i}"))?;
+        sagas.insert(receipt.correlation_id, i);
+    }
+    println!(
+        "registered {} users in {:.2?}",
+        args.sagas,
+        started.elapsed()
+    );
+
+    let bar = ProgressBar::new(u64::from(args.sagas));
+    bar.set_style(
+        ProgressStyle::with_template("sagas ended {bar:40} {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let seen = loop {
+        let ended = {
+            let seen = observer.lock().unwrap_or_else(|e| e.into_inner());
+            sagas
+                .keys()
+                .filter(|c| seen.get(c).and_then(|s| s.ended).is_some())
+                .count()
+        };
+        bar.set_position(ended as u64);
+        if ended == sagas.len() || Instant::now() > deadline {
+            bar.finish();
+            break observer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let total = started.elapsed();
+    for (handle, task) in services {
+        handle.shutdown();
+        task.await.context("a service task")??;
+    }
+
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    report(&seen, &sagas, &catalogue, total)
+}
+
+type Running = (
+    choreograph::ShutdownHandle,
+    tokio::task::JoinHandle<Result<(), choreograph::ServiceError>>,
+);
+
+fn spawn<S: Clone + Send + Sync + 'static>(service: choreograph::Service<S>) -> Running {
+    let handle = service.shutdown_handle();
+    (
+        handle,
+        tokio::spawn(service.run_until(std::future::pending())),
+    )
+}
+
+/// Reads every registration topic and groups the events by saga, noting when each ends.
+fn observe(
+    config: &KafkaConfig,
+    catalogue: &Arc<Catalogue>,
+) -> anyhow::Result<Arc<std::sync::Mutex<HashMap<CorrelationId, Saga>>>> {
+    let consumer: StreamConsumer = config
+        .client_config()
+        .set(
+            "group.id",
+            format!("registration-demo-observer-{}", uuid::Uuid::now_v7()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics: Vec<String> = catalogue.topics().iter().map(|t| config.topic(t)).collect();
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let seen: Arc<std::sync::Mutex<HashMap<CorrelationId, Saga>>> = Arc::default();
+    let (sink, catalogue) = (seen.clone(), catalogue.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok(m) = consumer.recv().await else {
+                continue;
+            };
+            let Ok((event, _)) = decode_message(&m) else {
+                continue;
+            };
+            let mut seen = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let saga = seen.entry(event.correlation_id).or_default();
+            if saga.events.iter().any(|e| e.id == event.id) {
+                continue; // a redelivered duplicate (same ce_id)
+            }
+            if let Some(outcome) = catalogue
+                .get(&event.event_type)
+                .and_then(|e| e.placement.ends_saga)
+            {
+                saga.ended.get_or_insert((outcome, event.time));
+            }
+            saga.events.push(event);
+        }
+    });
+    Ok(seen)
+}
+
+fn ms(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Prints one saga as a causal tree: each event under the event that caused it.
+fn print_tree(saga: &Saga) {
+    let Some(root) = saga.events.iter().find(|e| e.causation_id.is_none()) else {
+        return;
+    };
+    let mut children: HashMap<&str, Vec<&CloudEvent>> = HashMap::new();
+    for e in &saga.events {
+        if let Some(c) = &e.causation_id {
+            children.entry(c.as_str()).or_default().push(e);
+        }
+    }
+    fn walk(
+        e: &CloudEvent,
+        start: chrono::DateTime<chrono::Utc>,
+        cause: Option<&CloudEvent>,
+        depth: usize,
+        children: &HashMap<&str, Vec<&CloudEvent>>,
+    ) {
+        let after = cause
+            .map(|c| format!("  (+{:.1} ms after its cause)", ms(e.time - c.time)))
+            .unwrap_or_default();
+        println!(
+            "    {:>8.1} ms  {}{:<52} {}{}",
+            ms(e.time - start),
+            "  ".repeat(depth),
+            e.event_type,
+            e.source,
+            after
+        );
+        let mut next = children.get(e.id.as_str()).cloned().unwrap_or_default();
+        next.sort_by_key(|c| c.time);
+        for c in next {
+            walk(c, start, Some(e), depth + 1, children);
+        }
+    }
+    walk(root, root.time, None, 0, &children);
+}
+
+fn report(
+    seen: &HashMap<CorrelationId, Saga>,
+    sagas: &HashMap<CorrelationId, u32>,
+    catalogue: &Catalogue,
+    total: Duration,
+) -> anyhow::Result<bool> {
+    let mut by_outcome: BTreeMap<&'static str, Vec<(CorrelationId, f64)>> = BTreeMap::new();
+    let mut unfinished = Vec::new();
+    for (id, i) in sagas {
+        match seen.get(id).and_then(|s| s.ended.map(|(o, t)| (o, t, s))) {
+            Some((outcome, end, saga)) => {
+                let start = saga.events.iter().map(|e| e.time).min().unwrap_or(end);
+                let label = match outcome {
+                    SagaOutcome::Completed => "completed (user welcomed)",
+                    SagaOutcome::Failed => "rejected (enrolment refused)",
+                    SagaOutcome::Compensated => "compensated (points refused, coupon revoked)",
+                };
+                by_outcome
+                    .entry(label)
+                    .or_default()
+                    .push((*id, ms(end - start)));
+            }
+            None => unfinished.push((*i, *id)),
+        }
+    }
+    println!();
+    for (label, list) in &by_outcome {
+        let (sample, took) = list
+            .iter()
+            .min_by_key(|(c, _)| sagas[c])
+            .copied()
+            .unwrap_or((CorrelationId::new(), 0.0));
+        println!(
+            "{label}: sample saga {sample} ({} events, {took:.1} ms)",
+            seen[&sample].events.len()
+        );
+        print_tree(&seen[&sample]);
+        println!();
+    }
+    println!("summary ({} sagas in {:.2?}):", sagas.len(), total);
+    for (label, list) in &by_outcome {
+        let mut times: Vec<f64> = list.iter().map(|(_, t)| *t).collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        println!("  {:<46} {:>6}   time per saga: median {median:.1} ms, mean {mean:.1} ms, max {:.1} ms", label, list.len(), times[times.len() - 1]);
+    }
+    let ends: Vec<&str> = catalogue
+        .entries()
+        .filter(|e| e.placement.ends_saga.is_some())
+        .map(|e| e.placement.event_type.as_str())
+        .collect();
+    println!("  (a saga ends with one of: {})", ends.join(", "));
+    if !unfinished.is_empty() {
+        unfinished.sort();
+        println!(
+            "  NOT ENDED: {} sagas, e.g. user {} (saga {})",
+            unfinished.len(),
+            unfinished[0].0,
+            unfinished[0].1
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }

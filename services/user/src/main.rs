@@ -1,0 +1,4 @@
+//! The user service binary: configured by environment (see the README), stops on SIGTERM.
+fn main() -> std::process::ExitCode {
+    choreograph::runtime::service_main(|config| Ok(user::service(config)?))
+}
