@@ -40,9 +40,11 @@ if ! "$VENV/bin/python" -c 'import cloudevents.kafka' 2>/dev/null; then
 fi
 export CHOREOGRAPH_PYTHON="$VENV/bin/python"
 
+# Build first (the end-to-end tests run the service binaries from target/debug), so the
+# broker does not sit idle through a cold compile.
+(cd "$ROOT" && cargo build --workspace --quiet && cargo test --workspace --no-run --quiet) >&2
+
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
-  # Build first, so the broker does not sit idle through a cold compile.
-  (cd "$ROOT" && cargo test --workspace --no-run --quiet) >&2
   KAFKA_DIR="$(mktemp -d "${TMPDIR:-/tmp}/choreograph-test-kafka.XXXXXX")"
   rmdir "$KAFKA_DIR" # kafka-local.sh creates it (and only deletes a DIR it created)
   log "starting a throwaway broker in $KAFKA_DIR"

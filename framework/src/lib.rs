@@ -22,6 +22,7 @@
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo and quick tests.
 //! - [`record`]: rdkafka message ↔ envelope glue.
 //! - [`testkit`]: helpers for tests against a real broker.
+//! - [`watch`]: observing sagas from the outside (grouping events by saga, noting ends).
 
 pub mod catalogue;
 pub mod config;
@@ -38,6 +39,7 @@ pub mod saga_state;
 pub mod testkit;
 pub mod topics;
 pub mod trace_context;
+pub mod watch;
 
 pub use catalogue::{Catalogue, SagaOutcome, SchemaViolation};
 pub use config::{ConfigError, KafkaConfig, TopicSettings};

@@ -8,17 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use choreograph::embedded::EmbeddedKafka;
-use choreograph::record::decode_message;
+use choreograph::watch::{SagaWatch, WatchedSaga};
 use choreograph::{Catalogue, CloudEvent, CorrelationId, KafkaConfig, SagaOutcome};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use registration_events::{Plan, UserRegistered};
+use registration_events::samples;
 
 #[derive(Parser)]
 #[command(about = "Run the registration choreography end to end (embedded Kafka unless --brokers)")]
@@ -32,31 +30,6 @@ struct Args {
     /// Give up waiting for the sagas to end after this many seconds
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
-}
-
-/// The registration of user `i`: 7 in 10 welcomed (free or pro plan), 1 in 10 at a blocked
-/// e-mail domain (enrolment rejected), 2 in 10 on the enterprise plan, whose welcome points
-/// exceed the daily budget (points refused, coupon revoked: compensated).
-fn registration(i: u32) -> UserRegistered {
-    let (domain, plan) = match i % 10 {
-        7 => ("mailinator.com", Plan::Free),
-        8 | 9 => ("example.com", Plan::Enterprise),
-        n if n % 2 == 0 => ("example.com", Plan::Free),
-        _ => ("example.org", Plan::Pro),
-    };
-    UserRegistered {
-        user_id: format!("user-{i:05}"),
-        email: format!("user{i}@{domain}"),
-        display_name: format!("User {i}"),
-        plan,
-    }
-}
-
-/// Everything the observer saw of one saga.
-#[derive(Default)]
-struct Saga {
-    events: Vec<CloudEvent>,
-    ended: Option<(SagaOutcome, chrono::DateTime<chrono::Utc>)>,
 }
 
 fn main() -> ExitCode {
@@ -127,12 +100,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     ];
     println!("services: user, activity, coupon, points");
 
-    let observer = observe(&config, &catalogue)?;
+    let topics: Vec<String> = catalogue.topics().iter().map(|t| config.topic(t)).collect();
+    let watch = SagaWatch::start(&config, &topics, catalogue.clone())?;
     let publisher = user::publisher(&config)?;
     let started = Instant::now();
     let mut sagas: HashMap<CorrelationId, u32> = HashMap::new();
     for i in 0..args.sagas {
-        let receipt = user::register(&publisher, &registration(i))
+        let receipt = user::register(&publisher, &samples::registration(i).0)
             .await
             .with_context(|| format!("registering user {i}"))?;
         sagas.insert(receipt.correlation_id, i);
@@ -149,29 +123,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let seen = loop {
-        let ended = {
-            let seen = observer.lock().unwrap_or_else(|e| e.into_inner());
-            sagas
-                .keys()
-                .filter(|c| seen.get(c).and_then(|s| s.ended).is_some())
-                .count()
-        };
+    loop {
+        let ended = watch.ended(sagas.keys());
         bar.set_position(ended as u64);
         if ended == sagas.len() || Instant::now() > deadline {
             bar.finish();
-            break observer;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
     let total = started.elapsed();
     for (handle, task) in services {
         handle.shutdown();
         task.await.context("a service task")??;
     }
 
-    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    report(&seen, &sagas, &catalogue, total)
+    report(&watch.all(), &sagas, &catalogue, total)
 }
 
 type Running = (
@@ -187,55 +154,12 @@ fn spawn<S: Clone + Send + Sync + 'static>(service: choreograph::Service<S>) -> 
     )
 }
 
-/// Reads every registration topic and groups the events by saga, noting when each ends.
-fn observe(
-    config: &KafkaConfig,
-    catalogue: &Arc<Catalogue>,
-) -> anyhow::Result<Arc<std::sync::Mutex<HashMap<CorrelationId, Saga>>>> {
-    let consumer: StreamConsumer = config
-        .client_config()
-        .set(
-            "group.id",
-            format!("registration-demo-observer-{}", uuid::Uuid::now_v7()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topics: Vec<String> = catalogue.topics().iter().map(|t| config.topic(t)).collect();
-    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let seen: Arc<std::sync::Mutex<HashMap<CorrelationId, Saga>>> = Arc::default();
-    let (sink, catalogue) = (seen.clone(), catalogue.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok(m) = consumer.recv().await else {
-                continue;
-            };
-            let Ok((event, _)) = decode_message(&m) else {
-                continue;
-            };
-            let mut seen = sink.lock().unwrap_or_else(|e| e.into_inner());
-            let saga = seen.entry(event.correlation_id).or_default();
-            if saga.events.iter().any(|e| e.id == event.id) {
-                continue; // a redelivered duplicate (same ce_id)
-            }
-            if let Some(outcome) = catalogue
-                .get(&event.event_type)
-                .and_then(|e| e.placement.ends_saga)
-            {
-                saga.ended.get_or_insert((outcome, event.time));
-            }
-            saga.events.push(event);
-        }
-    });
-    Ok(seen)
-}
-
 fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
 /// Prints one saga as a causal tree: each event under the event that caused it.
-fn print_tree(saga: &Saga) {
+fn print_tree(saga: &WatchedSaga) {
     let Some(root) = saga.events.iter().find(|e| e.causation_id.is_none()) else {
         return;
     };
@@ -273,7 +197,7 @@ fn print_tree(saga: &Saga) {
 }
 
 fn report(
-    seen: &HashMap<CorrelationId, Saga>,
+    seen: &HashMap<CorrelationId, WatchedSaga>,
     sagas: &HashMap<CorrelationId, u32>,
     catalogue: &Catalogue,
     total: Duration,

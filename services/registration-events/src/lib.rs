@@ -374,3 +374,29 @@ mod tests {
         );
     }
 }
+
+/// Sample registrations that exercise every branch, deterministically by index.
+pub mod samples {
+    use super::{Plan, UserRegistered};
+    use choreograph::SagaOutcome;
+
+    /// The registration of user `i`, and how its saga must end: 7 in 10 welcomed (free or pro
+    /// plan), 1 in 10 at a blocked e-mail domain (enrolment rejected: failed), 2 in 10 on the
+    /// enterprise plan, whose welcome points exceed the daily budget (points refused, coupon
+    /// revoked: compensated). Assumes the services' default settings.
+    pub fn registration(i: u32) -> (UserRegistered, SagaOutcome) {
+        let (domain, plan, outcome) = match i % 10 {
+            7 => ("mailinator.com", Plan::Free, SagaOutcome::Failed),
+            8 | 9 => ("example.com", Plan::Enterprise, SagaOutcome::Compensated),
+            n if n % 2 == 0 => ("example.com", Plan::Free, SagaOutcome::Completed),
+            _ => ("example.org", Plan::Pro, SagaOutcome::Completed),
+        };
+        let r = UserRegistered {
+            user_id: format!("user-{i:05}"),
+            email: format!("user{i}@{domain}"),
+            display_name: format!("User {i}"),
+            plan,
+        };
+        (r, outcome)
+    }
+}

@@ -1,0 +1,388 @@
+//! The registration choreography end to end: the four services as separate processes (their
+//! release binaries' debug builds, `target/debug/{user,activity,coupon,points}`) against a real
+//! broker, each test on topics of its own.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use choreograph::watch::{SagaWatch, WatchedSaga};
+use choreograph::{testkit, CorrelationId, Event, KafkaConfig, Publisher, SagaOutcome};
+use registration_events::*;
+
+/// A service binary running as a child process; killed when dropped.
+struct ServiceProcess {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first with `cargo build --workspace` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+impl ServiceProcess {
+    fn start(name: &'static str, config: &KafkaConfig) -> Self {
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir.join(format!("{}{name}.log", config.topic_prefix)))
+            .unwrap();
+        let child = Command::new(binary(name))
+            .env("KAFKA_BOOTSTRAP_SERVERS", config.bootstrap_servers())
+            .env("CHOREOGRAPH_TOPIC_PREFIX", &config.topic_prefix)
+            // A killed instance's partitions move after this long (the broker's minimum).
+            .env("CHOREOGRAPH_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: a crash, no shutdown at all.
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot signal {}", self.name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                c.kill().ok();
+                panic!("{} did not stop within 60 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+fn watch(config: &KafkaConfig) -> SagaWatch {
+    let topics: Vec<String> = catalogue()
+        .topics()
+        .iter()
+        .map(|t| config.topic(t))
+        .collect();
+    SagaWatch::start(config, &topics, catalogue()).unwrap()
+}
+
+/// Registers `n` users (every branch); returns each saga with the outcome it must reach.
+async fn register(config: &KafkaConfig, n: u32) -> HashMap<CorrelationId, SagaOutcome> {
+    let publisher = user::publisher(config).unwrap();
+    let mut sagas = HashMap::new();
+    for i in 0..n {
+        let (registration, outcome) = samples::registration(i);
+        let receipt = user::register(&publisher, &registration).await.unwrap();
+        sagas.insert(receipt.correlation_id, outcome);
+    }
+    sagas
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The event types each outcome's causal chain must hold (distinct by `ce_id`, each once).
+fn expected_types(outcome: SagaOutcome) -> Vec<&'static str> {
+    let mut t = vec![UserRegistered::TYPE];
+    match outcome {
+        SagaOutcome::Completed => t.extend([
+            NewcomerEnrolled::TYPE,
+            CouponIssued::TYPE,
+            PointsGranted::TYPE,
+            WelcomePackageCompleted::TYPE,
+            UserWelcomed::TYPE,
+        ]),
+        SagaOutcome::Failed => t.extend([EnrollmentRejected::TYPE, RegistrationRejected::TYPE]),
+        SagaOutcome::Compensated => t.extend([
+            NewcomerEnrolled::TYPE,
+            CouponIssued::TYPE,
+            PointsGrantRejected::TYPE,
+            CouponRevoked::TYPE,
+            WelcomePackageFailed::TYPE,
+            RegistrationFlagged::TYPE,
+        ]),
+    }
+    t.sort_unstable();
+    t
+}
+
+/// Waits until every saga ended and the watch has read its whole causal chain (the watch reads
+/// the topics independently, so a terminal event may be seen before its causes).
+async fn wait_for_all(watch: &SagaWatch, sagas: &HashMap<CorrelationId, SagaOutcome>) {
+    let incomplete = || {
+        let all = watch.all();
+        sagas
+            .iter()
+            .filter(|(id, expected)| {
+                !all.get(id)
+                    .map(|s| {
+                        s.ended.is_some() && s.events.len() >= expected_types(**expected).len()
+                    })
+                    .unwrap_or(false)
+            })
+            .map(|(id, expected)| {
+                let seen: Vec<String> = all
+                    .get(id)
+                    .map(|s| s.events.iter().map(|e| e.event_type.clone()).collect())
+                    .unwrap_or_default();
+                format!("saga {id} ({expected:?}): seen {seen:?}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let missing = incomplete();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sagas did not end with their whole causal chain, e.g.\n{}",
+            missing.len(),
+            missing
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every saga ended as expected, once, with a complete causal chain. Returns the number of
+/// re-delivered duplicate records seen (same `ce_id` twice).
+fn check_sagas(watch: &SagaWatch, sagas: &HashMap<CorrelationId, SagaOutcome>) -> usize {
+    let all = watch.all();
+    let mut duplicates = 0;
+    for (id, expected) in sagas {
+        let saga: &WatchedSaga = all
+            .get(id)
+            .unwrap_or_else(|| panic!("saga {id}: nothing seen"));
+        let (outcome, _) = saga
+            .ended
+            .unwrap_or_else(|| panic!("saga {id} did not end"));
+        assert_eq!(outcome, *expected, "saga {id} ended wrongly");
+        assert_eq!(
+            saga.terminal_ids.len(),
+            1,
+            "saga {id}: exactly one terminal event"
+        );
+        let mut types: Vec<&str> = saga.events.iter().map(|e| e.event_type.as_str()).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            expected_types(outcome),
+            "saga {id}: the causal chain of a {outcome:?} saga"
+        );
+        let ids: Vec<&str> = saga.events.iter().map(|e| e.id.as_str()).collect();
+        for e in &saga.events {
+            match &e.causation_id {
+                None => assert_eq!(
+                    e.event_type,
+                    UserRegistered::TYPE,
+                    "saga {id}: only the start has no cause"
+                ),
+                Some(c) => assert!(
+                    ids.contains(&c.as_str()),
+                    "saga {id}: {} points to a cause outside the saga",
+                    e.event_type
+                ),
+            }
+        }
+        duplicates += saga.records - saga.events.len();
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn every_branch_ends_right_for_hundreds_of_concurrent_sagas() {
+    let config = testkit::isolated_config();
+    let sagas = register(&config, 300).await;
+    let watch = watch(&config);
+    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
+        .into_iter()
+        .map(|s| ServiceProcess::start(s, &config))
+        .collect();
+    wait_for_all(&watch, &sagas).await;
+    let duplicates = check_sagas(&watch, &sagas);
+    assert_eq!(duplicates, 0, "no crash, no duplicates");
+    for s in &mut services {
+        let status = s.terminate();
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM",
+            s.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn the_join_completes_once_whatever_the_order_and_duplicates() {
+    let config = testkit::isolated_config();
+    let coupons = Publisher::new(&config, "/services/coupon").unwrap();
+    let points = Publisher::new(&config, "/services/points").unwrap();
+    let mut sagas = Vec::new();
+    for i in 0..90u32 {
+        let saga = CorrelationId::new();
+        let coupon = choreograph::event::to_cloud_event(
+            &CouponIssued {
+                user_id: format!("u{i}"),
+                coupon_code: format!("C{i}"),
+                value_cents: 500,
+            },
+            "/services/coupon",
+            saga,
+        )
+        .unwrap();
+        let granted = choreograph::event::to_cloud_event(
+            &PointsGranted {
+                user_id: format!("u{i}"),
+                points: 100,
+            },
+            "/services/points",
+            saga,
+        )
+        .unwrap();
+        let (ct, pt) = (
+            config.topic(CouponIssued::TOPIC),
+            config.topic(PointsGranted::TOPIC),
+        );
+        // Coupon first, points first, or each twice (a redelivery: the same ce_id again).
+        match i % 3 {
+            0 => {
+                coupons.publish_cloud_event(&ct, &coupon).await.unwrap();
+                points.publish_cloud_event(&pt, &granted).await.unwrap();
+            }
+            1 => {
+                points.publish_cloud_event(&pt, &granted).await.unwrap();
+                coupons.publish_cloud_event(&ct, &coupon).await.unwrap();
+            }
+            _ => {
+                coupons.publish_cloud_event(&ct, &coupon).await.unwrap();
+                points.publish_cloud_event(&pt, &granted).await.unwrap();
+                coupons.publish_cloud_event(&ct, &coupon).await.unwrap();
+                points.publish_cloud_event(&pt, &granted).await.unwrap();
+            }
+        }
+        sagas.push(saga);
+    }
+    let watch = SagaWatch::start(&config, &[config.topic(topics::ACTIVITY)], catalogue()).unwrap();
+    let _activity = ServiceProcess::start("activity", &config);
+    let completed = |w: &SagaWatch| {
+        sagas
+            .iter()
+            .filter(|s| {
+                w.saga(s)
+                    .map(|s| s.of_type(WelcomePackageCompleted::TYPE).count() > 0)
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    wait_until("every package completed", || {
+        completed(&watch) == sagas.len()
+    })
+    .await;
+    // Anything late would have arrived by now: the activity service is idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for s in &sagas {
+        let seen = watch.saga(s).unwrap();
+        assert_eq!(
+            seen.of_type(WelcomePackageCompleted::TYPE).count(),
+            1,
+            "saga {s}: exactly one completed package"
+        );
+        assert_eq!(seen.records, 1, "saga {s}: not even a re-emitted duplicate");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn kill_9_of_the_activity_service_mid_run_loses_no_saga() {
+    let config = testkit::isolated_config();
+    let sagas = register(&config, 400).await;
+    let watch = watch(&config);
+    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
+        .into_iter()
+        .map(|s| ServiceProcess::start(s, &config))
+        .collect();
+    wait_until("some sagas ended", || watch.ended(sagas.keys()) >= 40).await;
+    let ended_before = watch.ended(sagas.keys());
+    services[1].kill_9();
+    assert!(ended_before < sagas.len(), "the kill landed mid-run");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    services[1] = ServiceProcess::start("activity", &config);
+    wait_for_all(&watch, &sagas).await;
+    let duplicates = check_sagas(&watch, &sagas);
+    eprintln!("kill -9 test: {ended_before} of {} ended before the kill; {duplicates} re-delivered duplicate records, each with a ce_id seen before", sagas.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_second_coupon_instance_joining_mid_run_loses_no_saga() {
+    let config = testkit::isolated_config();
+    let sagas = register(&config, 400).await;
+    let watch = watch(&config);
+    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
+        .into_iter()
+        .map(|s| ServiceProcess::start(s, &config))
+        .collect();
+    wait_until("some sagas ended", || watch.ended(sagas.keys()) >= 40).await;
+    services.push(ServiceProcess::start("coupon", &config));
+    wait_for_all(&watch, &sagas).await;
+    let duplicates = check_sagas(&watch, &sagas);
+    eprintln!("rebalance test: {duplicates} re-delivered duplicate records");
+    for s in &mut services {
+        let status = s.terminate();
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM",
+            s.name
+        );
+    }
+}
