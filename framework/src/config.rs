@@ -11,6 +11,7 @@
 //! | `CHOREOGRAPH_TOPIC_REPLICATION_FACTOR` | replication factor of topics it creates; `-1` = the broker's `default.replication.factor` | `-1` |
 //! | `CHOREOGRAPH_CREATE_TOPICS`            | create missing topics through the admin API (`true`/`false`) | `true`      |
 //! | `CHOREOGRAPH_TOPIC_PREFIX`             | prefix of every topic named by an event type (`staging.` makes `registration.user` `staging.registration.user`) | empty |
+//! | `CHOREOGRAPH_SAGA_LOG_TOPIC`           | the saga-log topic (steps of every service; read by `choreograph trace`) | `choreograph.saga-log` |
 //! | `CHOREOGRAPH_CONNECT_TIMEOUT_MS`       | how long to wait for the cluster to answer at all     | `10000`            |
 //! | `CHOREOGRAPH_DELIVERY_TIMEOUT_MS`      | how long a publish may take before it fails (librdkafka `message.timeout.ms`) | `30000` |
 //!
@@ -75,6 +76,8 @@ pub struct KafkaConfig {
     /// Prefix of every topic named by an event type (`<prefix><Event::TOPIC>`), for sharing a
     /// cluster between environments or test runs. Explicitly named topics are left alone.
     pub topic_prefix: String,
+    /// The saga-log topic (before the prefix): where services log steps and traces read them.
+    pub saga_log_topic: String,
 }
 
 /// The prefix of environment variables that pass librdkafka properties through.
@@ -92,6 +95,7 @@ impl KafkaConfig {
             connect_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
             topic_prefix: String::new(),
+            saga_log_topic: crate::saga_log::DEFAULT_TOPIC.to_owned(),
         })
     }
 
@@ -159,6 +163,16 @@ impl KafkaConfig {
                     ))
                 }
             };
+        }
+        if let Some(v) = vars.get("CHOREOGRAPH_SAGA_LOG_TOPIC") {
+            if v.trim().is_empty() {
+                return Err(invalid(
+                    "CHOREOGRAPH_SAGA_LOG_TOPIC",
+                    v,
+                    "must not be empty",
+                ));
+            }
+            config.saga_log_topic = v.clone();
         }
         if let Some(v) = vars.get("CHOREOGRAPH_TOPIC_PREFIX") {
             config.topic_prefix = v.clone();

@@ -15,6 +15,7 @@
 //! - [`delivery`]: per-partition contiguous offset watermarks (at-least-once bookkeeping).
 //! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
 //! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
+//! - [`saga_log`]: one step record per handled event, the basis of tracing a saga.
 //! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
 //! - [`config`]: bootstrap servers, librdkafka pass-through properties, topic defaults.
 //! - [`topics`]: topic lookup and creation through the admin API.
@@ -35,6 +36,7 @@ pub mod handler;
 pub mod publish;
 pub mod record;
 pub mod runtime;
+pub mod saga_log;
 pub mod saga_state;
 pub mod testkit;
 pub mod topics;

@@ -65,6 +65,7 @@ use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
 use crate::publish::{producer_config, record_headers};
 use crate::record::decode_message;
+use crate::saga_log::{Emitted, Step, StepInput, StepOutcome};
 use crate::saga_state::{SagaSlot, SagaStore};
 use crate::topics::{TopicError, Topics};
 use crate::trace_context::TraceParent;
@@ -512,8 +513,10 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
         let inputs = self.input_topics();
         let dlqs: Vec<String> = inputs.iter().map(|t| self.dead_letter_topic(t)).collect();
+        let saga_log = self.config.topic(&self.config.saga_log_topic);
         let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
         all.extend(dlqs.iter().map(String::as_str));
+        all.push(&saga_log);
         self.topics.ensure(&all).await?;
         let changelog = self.prepare_saga_state(&inputs).await?;
         let store = changelog.as_ref().map(|_| SagaStore::default());
@@ -559,6 +562,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             dead_letter_suffix: self.options.dead_letter_suffix.clone(),
             delivery_timeout: self.config.delivery_timeout,
             topic_prefix: self.config.topic_prefix.clone(),
+            saga_log_topic: self.config.topic(&self.config.saga_log_topic),
             saga_state: changelog.zip(store),
             catalogue: self.catalogue.clone(),
             done: Mutex::new(done_tx),
@@ -681,14 +685,27 @@ struct Worker<S> {
     dead_letter_suffix: String,
     delivery_timeout: Duration,
     topic_prefix: String,
+    saga_log_topic: String,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
     catalogue: Option<Arc<Catalogue>>,
     done: Mutex<std_mpsc::Sender<Completion>>,
 }
 
+/// What a step record says, before it is written.
+struct StepRecord {
+    outcome: StepOutcome,
+    attempts: u32,
+    emitted: Vec<Emitted>,
+    error: Option<String>,
+    reason: Option<DeadLetterReason>,
+}
+
 enum Outcome {
-    Handled(Vec<Outgoing>),
+    Handled {
+        outgoing: Vec<Outgoing>,
+        attempts: u32,
+    },
     Skipped,
     DeadLetter {
         reason: DeadLetterReason,
@@ -700,12 +717,13 @@ enum Outcome {
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn process(&self, job: Job) {
         let message = &job.message;
-        let outcome = match decode_message(message) {
-            Err(e) => Outcome::DeadLetter {
-                reason: DeadLetterReason::InvalidEnvelope,
-                error: e.to_string(),
-                attempts: 0,
-            },
+        let started_at = chrono::Utc::now();
+        match decode_message(message) {
+            // Not a CloudEvent: no saga to log it under; the dead letter says why.
+            Err(e) => {
+                self.dead_letter(message, DeadLetterReason::InvalidEnvelope, e.to_string(), 0)
+                    .await
+            }
             Ok((event, _)) => {
                 let span = tracing::info_span!(
                     "handle",
@@ -715,35 +733,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     causation_id = event.causation_id.as_deref().unwrap_or(""),
                     event_id = %event.id,
                 );
-                let event = Arc::new(event);
-                let slot = self.saga_state.as_ref().map(|(_, store)| {
-                    let key = message.key().unwrap_or_default();
-                    Arc::new(SagaSlot::new(store.get(message.partition(), key)))
-                });
-                let outcome = self
-                    .handle(message, event.clone(), slot.clone())
-                    .instrument(span.clone())
-                    .await;
-                if let Outcome::Handled(outgoing) = &outcome {
-                    self.publish_outputs(&event, outgoing)
-                        .instrument(span.clone())
-                        .await;
-                    if let Some(change) = slot.and_then(|s| s.take_change()) {
-                        self.write_saga_state(message, change)
-                            .instrument(span)
-                            .await;
-                    }
-                }
-                outcome
+                self.process_event(message, Arc::new(event), started_at)
+                    .instrument(span)
+                    .await
             }
-        };
-        if let Outcome::DeadLetter {
-            reason,
-            error,
-            attempts,
-        } = outcome
-        {
-            self.dead_letter(message, reason, error, attempts).await;
         }
         let completion = Completion {
             topic: message.topic().to_owned(),
@@ -756,11 +749,139 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    async fn handle(
+    /// Handles a decoded event: handler, follow-up events, saga state, saga-log step, each
+    /// acknowledged in that order before the input counts as finished.
+    async fn process_event(
         &self,
         message: &OwnedMessage,
         event: Arc<CloudEvent>,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let slot = self.saga_state.as_ref().map(|(_, store)| {
+            let key = message.key().unwrap_or_default();
+            Arc::new(SagaSlot::new(store.get(message.partition(), key)))
+        });
+        let outcome = self.handle(message, &event, slot.clone(), started_at).await;
+        let mut step = StepRecord {
+            outcome: StepOutcome::Skipped,
+            attempts: 0,
+            emitted: Vec::new(),
+            error: None,
+            reason: None,
+        };
+        match outcome {
+            Outcome::Handled { outgoing, attempts } => {
+                step.emitted = self.publish_outputs(&event, &outgoing).await;
+                if let Some(change) = slot.and_then(|s| s.take_change()) {
+                    self.write_saga_state(message, change).await;
+                }
+                step.outcome = StepOutcome::Handled;
+                step.attempts = attempts;
+            }
+            Outcome::Skipped => {}
+            Outcome::DeadLetter {
+                reason,
+                error,
+                attempts,
+            } => {
+                self.dead_letter(message, reason, error.clone(), attempts)
+                    .await;
+                step.outcome = StepOutcome::DeadLettered;
+                step.attempts = attempts;
+                step.error = Some(error);
+                step.reason = Some(reason);
+            }
+        }
+        self.write_step(message, &event, step, started_at).await;
+    }
+
+    /// Appends a step to the saga log (acknowledged before the input is committed).
+    async fn write_step(
+        &self,
+        message: &OwnedMessage,
+        event: &CloudEvent,
+        step: StepRecord,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let record = Step {
+            version: 1,
+            correlation_id: event.correlation_id,
+            service: self.service.to_string(),
+            instance: self.instance.to_string(),
+            input: StepInput {
+                id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                source: event.source.clone(),
+                causation_id: event.causation_id.clone(),
+                time: event.time,
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            outcome: step.outcome,
+            attempts: step.attempts,
+            emitted: step.emitted,
+            started_at,
+            finished_at: chrono::Utc::now(),
+            error: step.error,
+            dead_letter_reason: step.reason.map(|r| r.as_str().to_owned()),
+        };
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        let key = event.correlation_id.to_string();
+        self.send_until_acked(
+            "saga-log step",
+            &self.saga_log_topic,
+            Some(key.as_bytes()),
+            Some(&payload),
+            None,
+        )
+        .await;
+    }
+
+    /// Produces one record, retrying with backoff until the broker acknowledges it: the input
+    /// it belongs to stays uncommitted meanwhile, so nothing is lost when the broker is away.
+    async fn send_until_acked(
+        &self,
+        what: &str,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        partition: Option<i32>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(p) = payload {
+                record = record.payload(p);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            match self
+                .producer
+                .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
+                .await
+            {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    failures += 1;
+                    tracing::warn!(%topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        event: &Arc<CloudEvent>,
         slot: Option<Arc<SagaSlot>>,
+        started_at: chrono::DateTime<chrono::Utc>,
     ) -> Outcome {
         let Some(registered) = self.handlers.get(event.event_type.as_str()) else {
             // A structured-mode record of a type this service does not handle.
@@ -805,7 +926,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                             .find_map(|o| c.validate(o.event_type, &o.data).err())
                     });
                     return match invalid {
-                        None => Outcome::Handled(outgoing),
+                        None => Outcome::Handled {
+                            outgoing,
+                            attempts: attempt,
+                        },
                         Some(v) => Outcome::DeadLetter {
                             reason: DeadLetterReason::InvalidOutput,
                             error: format!("the handler emitted an invalid event: {v}"),
@@ -843,6 +967,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         };
                     }
                     let backoff = self.retry.backoff(attempt);
+                    let retried = StepRecord {
+                        outcome: StepOutcome::Retried,
+                        attempts: attempt,
+                        emitted: Vec::new(),
+                        error: Some(e.message().to_owned()),
+                        reason: None,
+                    };
+                    self.write_step(message, event, retried, started_at).await;
                     tracing::info!(attempt, ?backoff, error = %e.message(), "handler failed, will retry");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
@@ -865,7 +997,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Publishes follow-up events and waits for every acknowledgement, retrying (with backoff)
     /// until the broker takes them: the input is never committed before its outputs are written.
-    async fn publish_outputs(&self, input: &CloudEvent, outgoing: &[Outgoing]) {
+    async fn publish_outputs(&self, input: &CloudEvent, outgoing: &[Outgoing]) -> Vec<Emitted> {
         let trace = input
             .traceparent
             .as_deref()
@@ -917,6 +1049,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         if !events.is_empty() {
             tracing::debug!(emitted = events.len(), "emitted follow-up events");
         }
+        events
+            .into_iter()
+            .map(|(topic, ce)| Emitted {
+                id: ce.id,
+                event_type: ce.event_type,
+                topic,
+            })
+            .collect()
     }
 
     /// Writes a saga's new state to the changelog (same partition number as the input) and,
@@ -927,28 +1067,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         };
         let key = message.key().unwrap_or_default();
         let payload = change.as_ref().map(|v| v.to_string());
-        let mut failures = 0u32;
-        loop {
-            let mut record = rdkafka::producer::FutureRecord::<[u8], str>::to(changelog)
-                .key(key)
-                .partition(message.partition());
-            if let Some(p) = &payload {
-                record = record.payload(p.as_str());
-            }
-            match self
-                .producer
-                .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
-                .await
-            {
-                Ok(_) => break,
-                Err((e, _)) => {
-                    failures += 1;
-                    tracing::warn!(changelog = %changelog, error = %e, attempt = failures, "writing saga state failed; retrying (the input stays uncommitted)");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
-                        .await;
-                }
-            }
-        }
+        self.send_until_acked(
+            "saga state",
+            changelog,
+            Some(key),
+            payload.as_deref().map(str::as_bytes),
+            Some(message.partition()),
+        )
+        .await;
         store.put(message.partition(), key, change);
     }
 

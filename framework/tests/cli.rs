@@ -142,6 +142,71 @@ fn malformed_input_is_refused_clearly() {
 }
 
 #[test]
+fn the_catalogue_gives_the_topic_and_refuses_invalid_data() {
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas");
+    let invalid = r#"{"user_id":"u","email":"not-an-address","display_name":"x","plan":"gold"}"#;
+    let (out, _) = choreograph(
+        &[
+            "--schemas",
+            schemas,
+            "publish",
+            "-b",
+            "127.0.0.1:1",
+            "--type",
+            "registration.user.registered.v1",
+            "-d",
+            invalid,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("breaks its schema") && err.contains("/email") && err.contains("/plan"),
+        "{err}"
+    );
+
+    let (out, _) = choreograph(
+        &[
+            "--schemas",
+            schemas,
+            "publish",
+            "-b",
+            "127.0.0.1:1",
+            "--type",
+            "unknown.v1",
+            "-d",
+            "{}",
+        ],
+        &[],
+    );
+    assert!(
+        stderr(&out).contains("not in the catalogue"),
+        "{}",
+        stderr(&out)
+    );
+    let (out, _) = choreograph(
+        &[
+            "--schemas",
+            "/nonexistent",
+            "publish",
+            "-b",
+            "127.0.0.1:1",
+            "--type",
+            "t",
+            "-d",
+            "{}",
+        ],
+        &[],
+    );
+    assert!(
+        stderr(&out).contains("cannot read the catalogue"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn an_unreachable_broker_is_reported_within_the_connect_timeout() {
     let (out, took) = choreograph(
         &[

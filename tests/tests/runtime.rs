@@ -233,6 +233,29 @@ async fn read_all_events(config: &KafkaConfig, topic_of_type: &str) -> Vec<Owned
     .unwrap()
 }
 
+/// Waits until every saga has an output event on `Middle`'s topic (a handler that ran may still
+/// be writing its output, or its record may be handled again after a rebalance).
+async fn wait_for_outputs(config: &KafkaConfig, sagas: &[CorrelationId]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let outputs = read_all_events(config, Middle::TOPIC).await;
+        let done: HashSet<CorrelationId> = outputs
+            .iter()
+            .map(|m| decode_message(m).unwrap().0.correlation_id)
+            .collect();
+        if sagas.iter().all(|s| done.contains(s)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for every saga's output ({} of {})",
+            done.len(),
+            sagas.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     m.headers()?
         .iter()
@@ -351,6 +374,7 @@ async fn no_loss_when_a_service_crashes_with_uncommitted_work() {
     let h = second.shutdown_handle();
     let t = tokio::spawn(second.run_until(futures::future::pending()));
     wait_for("every saga handled", || probe.handled() == 300).await;
+    wait_for_outputs(&config, &sagas).await;
     h.shutdown();
     t.await.unwrap().unwrap();
 
@@ -587,6 +611,7 @@ async fn a_rebalance_between_two_instances_loses_nothing() {
     let hb = b.shutdown_handle();
     let tb = tokio::spawn(b.run_until(futures::future::pending()));
     wait_for("every saga handled", || probe.handled() == sagas.len()).await;
+    wait_for_outputs(&config, &sagas).await;
     ha.shutdown();
     hb.shutdown();
     ta.await.unwrap().unwrap();

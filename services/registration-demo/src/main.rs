@@ -76,6 +76,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 kafka.create_topic(topic, 6)?;
                 kafka.create_topic(&format!("{topic}.dlq"), 6)?;
             }
+            kafka.create_topic(choreograph::saga_log::DEFAULT_TOPIC, 6)?;
             for service in ["user", "activity", "coupon"] {
                 kafka.create_topic(&format!("{service}.saga-state"), 6)?;
             }

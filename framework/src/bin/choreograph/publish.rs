@@ -1,45 +1,21 @@
-//! `choreograph`: the command line of the Choreograph framework.
-//!
-//! Run `choreograph --help` (or `choreograph <command> --help`) for the usage of each command;
-//! the README documents them all.
+//! `choreograph publish`: one event onto Kafka, validated against the catalogue.
 
 use std::io::Read;
-use std::process::ExitCode;
 
 use choreograph::trace_context::TraceParent;
-use choreograph::{CloudEvent, CorrelationId, KafkaConfig, Publisher};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use choreograph::{CloudEvent, CorrelationId, Publisher};
+use clap::Args;
 
-#[derive(Parser)]
-#[command(name = "choreograph", version, about = "Event-driven choreography on Apache Kafka", long_about = None)]
-struct Cli {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+use crate::{
+    kafka_config, load_catalogue, parse_correlation_id, parse_replication, parse_traceparent,
+    Format, KafkaArgs,
+};
 
 #[derive(Args)]
-struct KafkaArgs {
-    /// Bootstrap servers, host:port[,host:port...]
-    #[arg(long, short = 'b', env = "KAFKA_BOOTSTRAP_SERVERS", global = true)]
-    brokers: Option<String>,
-    /// A librdkafka property, key=value (repeatable), e.g. -X security.protocol=SASL_SSL
-    #[arg(short = 'X', value_name = "KEY=VALUE", global = true, value_parser = parse_property)]
-    property: Vec<(String, String)>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Publish one event: start a new saga, or add to one with --correlation-id
-    Publish(PublishArgs),
-}
-
-#[derive(Args)]
-struct PublishArgs {
-    /// The topic to publish to
+pub struct PublishArgs {
+    /// The topic to publish to [default: the type's topic in the catalogue]
     #[arg(long, short = 't')]
-    topic: String,
+    topic: Option<String>,
     /// The CloudEvents type, e.g. registration.user.registered.v1
     #[arg(long = "type", value_name = "TYPE")]
     event_type: String,
@@ -83,48 +59,7 @@ struct PublishArgs {
     format: Format,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
-}
-
-fn parse_correlation_id(s: &str) -> Result<CorrelationId, String> {
-    s.parse()
-        .map_err(|e| format!("`{s}` is not a correlation ID (a UUID, e.g. 01934f4e-8a2c-7d3e-9b1a-2f4c6e8a0b1c): {e}"))
-}
-
-fn parse_traceparent(s: &str) -> Result<TraceParent, String> {
-    s.parse()
-        .map_err(|e: choreograph::trace_context::InvalidTraceParent| e.to_string())
-}
-
-fn parse_replication(s: &str) -> Result<i32, String> {
-    match s.parse::<i32>() {
-        Ok(n) if n == -1 || n >= 1 => Ok(n),
-        _ => Err(format!(
-            "`{s}` is not a replication factor (-1 for the broker default, or 1 and more)"
-        )),
-    }
-}
-
-fn kafka_config(args: &KafkaArgs) -> Result<KafkaConfig, String> {
-    let mut config =
-        KafkaConfig::from_env_with(args.brokers.as_deref()).map_err(|e| e.to_string())?;
-    for (k, v) in &args.property {
-        config.set(k, v);
-    }
-    Ok(config)
-}
-
-async fn publish(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
+pub async fn run(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
     let raw = match (&args.data, &args.data_file) {
         (Some(d), _) => d.clone(),
         (None, Some(path)) if path == "-" => {
@@ -143,11 +78,25 @@ async fn publish(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
     if args.event_type.trim().is_empty() {
         return Err("--type must not be empty".into());
     }
-    if args.topic.trim().is_empty() {
-        return Err("--topic must not be empty".into());
-    }
-
     let mut config = kafka_config(kafka)?;
+    let catalogue = load_catalogue(kafka)?;
+    let topic = match (&args.topic, &catalogue) {
+        (Some(t), _) if t.trim().is_empty() => return Err("--topic must not be empty".into()),
+        (Some(t), _) => t.clone(),
+        (None, Some((dir, c))) => match c.get(&args.event_type) {
+            Some(entry) => config.topic(&entry.placement.topic),
+            None => return Err(format!(
+                "event type `{}` is not in the catalogue at {}: give --topic, or add its schema",
+                args.event_type,
+                dir.display()
+            )),
+        },
+        (None, None) => {
+            return Err(
+                "no --topic, and no catalogue to look the type up in (--schemas DIR)".into(),
+            )
+        }
+    };
     if let Some(p) = args.partitions {
         config.topics.partitions = p;
     }
@@ -157,7 +106,10 @@ async fn publish(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
     if args.no_create_topics {
         config.topics.create = false;
     }
-    let publisher = Publisher::new(&config, &args.source).map_err(|e| e.to_string())?;
+    let mut publisher = Publisher::new(&config, &args.source).map_err(|e| e.to_string())?;
+    if let Some((_, c)) = catalogue {
+        publisher = publisher.with_catalogue(std::sync::Arc::new(c));
+    }
     let new_saga = args.correlation_id.is_none();
     let correlation_id = args.correlation_id.unwrap_or_default();
     let data = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
@@ -170,7 +122,7 @@ async fn publish(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
         (None, false) => None,
     };
     let published = publisher
-        .publish_cloud_event(&args.topic, &event)
+        .publish_cloud_event(&topic, &event)
         .await
         .map_err(|e| e.to_string())?;
     match args.format {
@@ -192,38 +144,4 @@ async fn publish(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
         ),
     }
     Ok(())
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // librdkafka reports every failed connection attempt; the CLI reports the outcome instead.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,librdkafka=off,rdkafka::client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Publish(args) => publish(&cli.kafka, args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
 }
