@@ -10,7 +10,7 @@
 //! | `CHOREOGRAPH_TOPIC_PARTITIONS`         | partitions of topics Choreograph creates              | `6`                |
 //! | `CHOREOGRAPH_TOPIC_REPLICATION_FACTOR` | replication factor of topics it creates; `-1` = the broker's `default.replication.factor` | `-1` |
 //! | `CHOREOGRAPH_CREATE_TOPICS`            | create missing topics through the admin API (`true`/`false`) | `true`      |
-//! | `CHOREOGRAPH_TOPIC_PREFIX`             | prefix of every topic named by an event type (`staging.` makes `registration.user` `staging.registration.user`) | empty |
+//! | `CHOREOGRAPH_TOPIC_PREFIX`             | prefix of every topic named by an event type, of the saga log and changelogs, and of service consumer groups (`staging.` makes `registration.user` `staging.registration.user`) | empty |
 //! | `CHOREOGRAPH_SAGA_LOG_TOPIC`           | the saga-log topic (steps of every service; read by `choreograph trace`) | `choreograph.saga-log` |
 //! | `CHOREOGRAPH_CONNECT_TIMEOUT_MS`       | how long to wait for the cluster to answer at all     | `10000`            |
 //! | `CHOREOGRAPH_DELIVERY_TIMEOUT_MS`      | how long a publish may take before it fails (librdkafka `message.timeout.ms`) | `30000` |

@@ -28,13 +28,16 @@ pub struct PartitionTracker {
 impl PartitionTracker {
     /// Records that `offset` was taken for handling.
     pub fn start(&mut self, offset: i64) {
-        if let Some(&(last, _)) = self.records.back() {
-            if offset <= last {
-                // A re-delivery after a seek: keep offsets ascending.
-                return;
+        match self.records.back() {
+            Some(&(last, _)) if offset <= last => {
+                // Out of order (a re-delivery after a seek): track it in its place, so the
+                // watermark cannot pass it; an offset already tracked stays as it is.
+                if let Err(i) = self.records.binary_search_by_key(&offset, |&(o, _)| o) {
+                    self.records.insert(i, (offset, false));
+                }
             }
+            _ => self.records.push_back((offset, false)),
         }
-        self.records.push_back((offset, false));
     }
 
     /// Marks `offset` finished and advances the watermark over the finished prefix.
@@ -161,6 +164,19 @@ mod tests {
         t.finish(13);
         assert_eq!(t.pending_commit(), Some(15));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_out_of_order_record_holds_the_watermark() {
+        let mut t = PartitionTracker::default();
+        t.start(20);
+        t.start(21);
+        t.start(15); // delivered late
+        t.finish(20);
+        t.finish(21);
+        assert_eq!(t.pending_commit(), None, "15 is unfinished");
+        t.finish(15);
+        assert_eq!(t.pending_commit(), Some(22));
     }
 
     #[test]

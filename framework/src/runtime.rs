@@ -106,7 +106,7 @@ impl RetryPolicy {
 /// Runtime settings of a service; every field has a sane default.
 #[derive(Clone, Debug)]
 pub struct ServiceOptions {
-    /// The consumer group (default: the service name).
+    /// The consumer group (default: the service name, with the configured topic prefix).
     pub group_id: Option<String>,
     /// This instance's name in logs and dead letters (default: `<service>-<pid>-<random>`).
     pub instance_id: Option<String>,
@@ -534,7 +534,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                 .options
                 .group_id
                 .clone()
-                .unwrap_or_else(|| self.name.to_string()),
+                .unwrap_or_else(|| self.config.topic(&self.name)),
             config: self.config.clone(),
             topics: inputs.clone(),
             saga_state: changelog.clone().zip(store.clone()),
