@@ -49,6 +49,6 @@ pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
 pub use event::{DataError, Event};
 pub use handler::{Context, Emit, HandlerError, State};
 pub use publish::{PublishError, Published, Publisher};
-pub use runtime::{RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle};
+pub use runtime::{ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle};
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

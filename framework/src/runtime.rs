@@ -184,6 +184,7 @@ pub struct Service<S> {
     topics: Topics,
     producer: FutureProducer,
     shutdown: ShutdownHandle,
+    ready: ReadySignal,
     catalogue: Option<Arc<Catalogue>>,
 }
 
@@ -302,32 +303,66 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
             topics: Topics::new(config)?,
             producer,
             shutdown: ShutdownHandle::default(),
+            ready: ReadySignal::default(),
             catalogue: self.catalogue,
         })
     }
 }
 
-/// Asks a running service to shut down gracefully.
+/// A one-way signal: raised once, awaited by anyone.
 #[derive(Clone, Default)]
-pub struct ShutdownHandle {
-    requested: Arc<AtomicBool>,
+struct Flag {
+    raised: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
-impl ShutdownHandle {
-    pub fn shutdown(&self) {
-        self.requested.store(true, Ordering::SeqCst);
+impl Flag {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
     }
 
     async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
-            if self.requested.load(Ordering::SeqCst) {
+            if self.is_raised() {
                 return;
             }
             notified.await;
         }
+    }
+}
+
+/// Asks a running service to shut down gracefully.
+#[derive(Clone, Default)]
+pub struct ShutdownHandle(Flag);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.raise();
+    }
+
+    async fn wait(&self) {
+        self.0.wait().await
+    }
+}
+
+/// Tells when a running service first got its partitions (and restored their saga state).
+#[derive(Clone, Default)]
+pub struct ReadySignal(Flag);
+
+impl ReadySignal {
+    /// Resolves once the service has joined its group and been assigned partitions.
+    pub async fn wait(&self) {
+        self.0.wait().await
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.is_raised()
     }
 }
 
@@ -439,6 +474,11 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         self.shutdown.clone()
     }
 
+    /// A signal raised when the running service first gets partitions assigned.
+    pub fn ready_signal(&self) -> ReadySignal {
+        self.ready.clone()
+    }
+
     /// The input topics (of the handled event types, with the configured topic prefix).
     pub fn input_topics(&self) -> Vec<String> {
         let mut t: Vec<_> = self
@@ -541,6 +581,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             handled,
             options: self.options.clone(),
             control: control.clone(),
+            ready: self.ready.clone(),
         };
         std::thread::Builder::new()
             .name(format!("{}-consumer", self.name))
@@ -1149,6 +1190,7 @@ struct ConsumerThread {
     saga_state: Option<(String, SagaStore)>,
     options: ServiceOptions,
     control: Arc<Control>,
+    ready: ReadySignal,
 }
 
 /// Bookkeeping shared by the poll loop and the rebalance callbacks (both on the consumer thread).
@@ -1164,6 +1206,7 @@ struct RuntimeContext {
     revoke_grace: Duration,
     /// Changelog, store and client settings for restoring saga state on assignment.
     saga_state: Option<(String, SagaStore, KafkaConfig)>,
+    ready: ReadySignal,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -1253,6 +1296,9 @@ impl ConsumerContext for RuntimeContext {
                 }
             }
             tracing::info!(service = %self.service, partitions = ?assigned, "partitions assigned");
+            if !assigned.is_empty() {
+                self.ready.0.raise();
+            }
         }
     }
 }
@@ -1352,6 +1398,7 @@ impl ConsumerThread {
                 .saga_state
                 .clone()
                 .map(|(t, s)| (t, s, self.config.clone())),
+            ready: self.ready.clone(),
         };
         let consumer = self.consumer(ctx)?;
         let max = self.options.max_in_flight_per_partition.max(1);

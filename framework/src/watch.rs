@@ -118,6 +118,27 @@ impl SagaWatch {
             .cloned()
     }
 
+    /// Distinct events seen so far, over all sagas.
+    pub fn event_count(&self) -> usize {
+        let sagas = self.sagas.lock().unwrap_or_else(|e| e.into_inner());
+        sagas.values().map(|s| s.events.len()).sum()
+    }
+
+    /// Waits until no new event arrived for `quiet` (at most `max`): the topics are read
+    /// independently, so a saga's end can be seen before the rest of its events.
+    pub async fn settle(&self, quiet: std::time::Duration, max: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut last = self.event_count();
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(quiet).await;
+            let now = self.event_count();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// A copy of everything seen so far.
     pub fn all(&self) -> HashMap<CorrelationId, WatchedSaga> {
         self.sagas.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -624,3 +624,51 @@ async fn a_rebalance_between_two_instances_loses_nothing() {
     assert_eq!(done.len(), sagas.len(), "no saga lost");
     eprintln!("rebalance test: {} handler re-runs", probe.duplicates());
 }
+
+async fn middle_noop(
+    State(_): State<Arc<Probe>>,
+    _ctx: Context,
+    _e: Middle,
+) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn saga_state_refuses_topics_with_unequal_partition_counts() {
+    let config = testkit::isolated_config();
+    let topics = choreograph::Topics::new(&config).unwrap();
+    for (topic, partitions) in [(Started::TOPIC, 6), (Middle::TOPIC, 3)] {
+        let spec = choreograph::topics::TopicSpec {
+            partitions: Some(partitions),
+            compacted: false,
+        };
+        topics
+            .ensure_spec(&config.topic(topic), &spec)
+            .await
+            .unwrap();
+    }
+    let service = Service::with_state("joiner", Probe::with_delay(0))
+        .keep_saga_state()
+        .handle(start_to_middle)
+        .handle(middle_noop)
+        .build(&config)
+        .unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        service.run_until(futures::future::pending()),
+    )
+    .await
+    .expect("refuses at once, no hang")
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, choreograph::ServiceError::NotCoPartitioned { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}=6", config.topic(Started::TOPIC)))
+            && text.contains(&format!("{}=3", config.topic(Middle::TOPIC))),
+        "{text}"
+    );
+}

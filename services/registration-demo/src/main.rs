@@ -99,7 +99,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         spawn(coupon::service(&config, coupon::Settings::default())?),
         spawn(points::service(&config, points::Settings::default())?),
     ];
-    println!("services: user, activity, coupon, points");
+    // Register once every service has joined its group, so the timings show the choreography,
+    // not the services starting up.
+    let joined = all_joined(&services);
+    if tokio::time::timeout(Duration::from_secs(60), joined)
+        .await
+        .is_err()
+    {
+        anyhow::bail!("the services did not join their consumer groups within 60 s");
+    }
+    println!("services: user, activity, coupon, points (joined their consumer groups)");
 
     let topics: Vec<String> = catalogue.topics().iter().map(|t| config.topic(t)).collect();
     let watch = SagaWatch::start(&config, &topics, catalogue.clone())?;
@@ -134,7 +143,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();
-    for (handle, task) in services {
+    watch
+        .settle(Duration::from_millis(500), Duration::from_secs(10))
+        .await;
+    for (handle, _, task) in services {
         handle.shutdown();
         task.await.context("a service task")??;
     }
@@ -144,13 +156,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
 type Running = (
     choreograph::ShutdownHandle,
+    choreograph::ReadySignal,
     tokio::task::JoinHandle<Result<(), choreograph::ServiceError>>,
 );
 
+async fn all_joined(services: &[Running]) {
+    for (_, ready, _) in services {
+        ready.wait().await;
+    }
+}
+
 fn spawn<S: Clone + Send + Sync + 'static>(service: choreograph::Service<S>) -> Running {
     let handle = service.shutdown_handle();
+    let ready = service.ready_signal();
     (
         handle,
+        ready,
         tokio::spawn(service.run_until(std::future::pending())),
     )
 }
