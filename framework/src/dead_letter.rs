@@ -13,6 +13,7 @@
 //! | `dlq_attempts`  | how many times the handler ran (0 when it never could)          |
 //! | `dlq_topic`, `dlq_partition`, `dlq_offset`, `dlq_timestamp` | where the record came from (timestamp in ms since the epoch) |
 //! | `dlq_time`      | when it was dead-lettered (RFC 3339)                            |
+//! | `dlq_value_dropped` | `true` when the record was too large to copy with these headers: the value is left out (the original is still at `dlq_topic`/`dlq_partition`/`dlq_offset`) |
 
 use std::fmt;
 
@@ -70,6 +71,7 @@ pub mod headers {
     pub const OFFSET: &str = "dlq_offset";
     pub const TIMESTAMP: &str = "dlq_timestamp";
     pub const TIME: &str = "dlq_time";
+    pub const VALUE_DROPPED: &str = "dlq_value_dropped";
 }
 
 /// A record on its way to the dead-letter topic.
@@ -80,6 +82,9 @@ pub struct DeadLetter<'a> {
     pub service: &'a str,
     pub instance: &'a str,
     pub attempts: u32,
+    /// Set when the record was too large to copy with the added headers: the dead letter then
+    /// carries the key and headers only, and `dlq_value_dropped: true`.
+    pub without_value: bool,
 }
 
 impl DeadLetter<'_> {
@@ -116,6 +121,12 @@ impl DeadLetter<'_> {
                 value: Some(v.as_bytes()),
             });
         }
+        if self.without_value {
+            out = out.insert(Header {
+                key: headers::VALUE_DROPPED,
+                value: Some(b"true"),
+            });
+        }
         out
     }
 
@@ -125,7 +136,7 @@ impl DeadLetter<'_> {
         if let Some(k) = self.record.key() {
             rec = rec.key(k);
         }
-        if let Some(v) = self.record.payload() {
+        if let Some(v) = self.record.payload().filter(|_| !self.without_value) {
             rec = rec.payload(v);
         }
         rec

@@ -309,6 +309,21 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
     }
 }
 
+/// Errors of a produce call that retrying cannot fix.
+fn is_permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+        )
+    )
+}
+
 /// A one-way signal: raised once, awaited by anyone.
 #[derive(Clone, Default)]
 struct Flag {
@@ -812,12 +827,25 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         };
         match outcome {
             Outcome::Handled { outgoing, attempts } => {
-                step.emitted = self.publish_outputs(&event, &outgoing).await;
-                if let Some(change) = slot.and_then(|s| s.take_change()) {
-                    self.write_saga_state(message, change).await;
+                match self.publish_outputs(&event, &outgoing).await {
+                    Ok(emitted) => {
+                        step.emitted = emitted;
+                        if let Some(change) = slot.and_then(|s| s.take_change()) {
+                            self.write_saga_state(message, change).await;
+                        }
+                        step.outcome = StepOutcome::Handled;
+                        step.attempts = attempts;
+                    }
+                    Err(error) => {
+                        let reason = DeadLetterReason::InvalidOutput;
+                        self.dead_letter(message, reason, error.clone(), attempts)
+                            .await;
+                        step.outcome = StepOutcome::DeadLettered;
+                        step.attempts = attempts;
+                        step.error = Some(error);
+                        step.reason = Some(reason);
+                    }
                 }
-                step.outcome = StepOutcome::Handled;
-                step.attempts = attempts;
             }
             Outcome::Skipped => {}
             Outcome::DeadLetter {
@@ -1038,7 +1066,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     /// Publishes follow-up events and waits for every acknowledgement, retrying (with backoff)
     /// until the broker takes them: the input is never committed before its outputs are written.
-    async fn publish_outputs(&self, input: &CloudEvent, outgoing: &[Outgoing]) -> Vec<Emitted> {
+    /// Fails only when the broker refuses an event for good (retrying cannot help).
+    async fn publish_outputs(
+        &self,
+        input: &CloudEvent,
+        outgoing: &[Outgoing],
+    ) -> Result<Vec<Emitted>, String> {
         let trace = input
             .traceparent
             .as_deref()
@@ -1073,11 +1106,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             loop {
                 let result = match self.topics.ensure(&[topic.as_str()]).await {
                     Ok(()) => self.send(topic, ce).await,
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err((e.to_string(), false)),
                 };
                 match result {
-                    Ok(()) => return,
-                    Err(e) => {
+                    Ok(()) => return Ok(()),
+                    // Retrying cannot help (the event is too large for the broker, ...).
+                    Err((e, true)) => return Err(format!("`{}` to `{topic}`: {e}", ce.event_type)),
+                    Err((e, false)) => {
                         failures += 1;
                         let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
                         tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
@@ -1086,18 +1121,28 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         });
-        futures::future::join_all(sends).await;
+        let refused: Vec<String> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if !refused.is_empty() {
+            return Err(format!(
+                "the broker refused a follow-up event: {}",
+                refused.join("; ")
+            ));
+        }
         if !events.is_empty() {
             tracing::debug!(emitted = events.len(), "emitted follow-up events");
         }
-        events
+        Ok(events
             .into_iter()
             .map(|(topic, ce)| Emitted {
                 id: ce.id,
                 event_type: ce.event_type,
                 topic,
             })
-            .collect()
+            .collect())
     }
 
     /// Writes a saga's new state to the changelog (same partition number as the input) and,
@@ -1119,7 +1164,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         store.put(message.partition(), key, change);
     }
 
-    async fn send(&self, topic: &str, ce: &CloudEvent) -> Result<(), String> {
+    /// Sends one event; the error says whether it is permanent.
+    async fn send(&self, topic: &str, ce: &CloudEvent) -> Result<(), (String, bool)> {
         let (key, value, headers) = record_headers(ce);
         let record = rdkafka::producer::FutureRecord::to(topic)
             .key(&key)
@@ -1129,7 +1175,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
+            .map_err(|(e, _)| (e.to_string(), is_permanent(&e)))
     }
 
     async fn dead_letter(
@@ -1157,8 +1203,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             service: &self.service,
             instance: &self.instance,
             attempts,
+            without_value: false,
         };
         let mut failures = 0u32;
+        let mut letter = letter;
         loop {
             match self
                 .producer
@@ -1169,6 +1217,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .await
             {
                 Ok(_) => return,
+                Err((e, _)) if is_permanent(&e) && !letter.without_value => {
+                    // Too large to copy whole (the added headers): keep the headers, which say
+                    // where the original is, and drop the value.
+                    tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, "dead letter refused; writing it without its value");
+                    letter.without_value = true;
+                }
                 Err((e, _)) => {
                     failures += 1;
                     tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, attempt = failures, "writing a dead letter failed; retrying (the input stays uncommitted)");

@@ -32,6 +32,9 @@ impl Event for Started {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Middle {
     n: u32,
+    /// Padding, to make an event too large for the broker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pad: String,
 }
 impl Event for Middle {
     const TYPE: &'static str = "test.chain.middle.v1";
@@ -111,7 +114,12 @@ async fn start_to_middle(
         .entry(ctx.event_id().to_owned())
         .or_default() += 1;
     probe.running.fetch_sub(1, Ordering::SeqCst);
-    Ok(Middle { n: e.n })
+    let pad = if e.n == 888 {
+        "x".repeat(2_000_000)
+    } else {
+        String::new()
+    };
+    Ok(Middle { n: e.n, pad })
 }
 
 async fn middle_to_finished(ctx: Context, e: Middle) -> Result<Finished, HandlerError> {
@@ -497,6 +505,16 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
     expected_dlq.push((panics.offset, "handler-panicked", "on purpose"));
     let retries = send(good(777).data.clone(), full(&good(777))).await;
     expected_dlq.push((retries.offset, "retries-exhausted", "downstream is down"));
+    let too_large_output = send(good(888).data.clone(), full(&good(888))).await;
+    expected_dlq.push((
+        too_large_output.offset,
+        "invalid-output",
+        "MessageSizeTooLarge",
+    ));
+    // Fits the broker, but not once the dead-letter headers are added: dead-lettered without
+    // its value.
+    let huge = send(vec![b'z'; 999_800], vec![]).await;
+    expected_dlq.push((huge.offset, "invalid-envelope", "ce_specversion"));
     let mut other = good(4);
     other.event_type = "test.chain.unrelated.v1".into();
     send(other.data.clone(), full(&other)).await; // not handled here: skipped, not dead-lettered
@@ -521,7 +539,7 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
 
     assert_eq!(
         probe.order.lock().unwrap()[&saga],
-        vec![1, 5],
+        vec![1, 888, 5],
         "records after the bad ones were handled, in order"
     );
     assert_eq!(
@@ -557,6 +575,9 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
         "never reached a handler"
     );
     assert_eq!(dead[0].payload(), Some(&[0xde, 0xad, 0xbe, 0xef][..]));
+    let huge = dead.last().unwrap();
+    assert_eq!(header(huge, dlq::VALUE_DROPPED).as_deref(), Some("true"));
+    assert_eq!(huge.payload(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
