@@ -40,6 +40,22 @@ if ! "$VENV/bin/python" -c 'import cloudevents.kafka' 2>/dev/null; then
 fi
 export CHOREOGRAPH_PYTHON="$VENV/bin/python"
 
+# The real Mermaid parser (npm `mermaid` in jsdom) that tests/tests/trace.rs checks
+# `choreograph trace --format mermaid` with: installed from tests/mermaid/'s lockfile into the
+# cache, again whenever the lockfile or the script changes.
+MERMAID_SRC="$ROOT/tests/mermaid"
+MERMAID_KEY="$(cat "$MERMAID_SRC/package-lock.json" "$MERMAID_SRC/parse.mjs" | sha256sum | cut -c1-16)"
+MERMAID_DIR="$CACHE/mermaid-$MERMAID_KEY"
+if [[ ! -f "$MERMAID_DIR/.installed" ]]; then
+  command -v npm >/dev/null || { log "npm (Node.js 18+) is needed for the Mermaid parser: apt-get install -y nodejs npm"; exit 1; }
+  log "installing the Mermaid parser (npm mermaid + jsdom) into $MERMAID_DIR"
+  mkdir -p "$MERMAID_DIR"
+  cp "$MERMAID_SRC/package.json" "$MERMAID_SRC/package-lock.json" "$MERMAID_SRC/parse.mjs" "$MERMAID_DIR/"
+  (cd "$MERMAID_DIR" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  touch "$MERMAID_DIR/.installed"
+fi
+export CHOREOGRAPH_MERMAID_PARSER="$MERMAID_DIR/parse.mjs"
+
 # Build first (the end-to-end tests run the service binaries from target/debug), so the
 # broker does not sit idle through a cold compile.
 (cd "$ROOT" && cargo build --workspace --quiet && cargo test --workspace --no-run --quiet) >&2

@@ -24,6 +24,7 @@
 //! - [`record`]: rdkafka message ↔ envelope glue.
 //! - [`testkit`]: helpers for tests against a real broker.
 //! - [`watch`]: observing sagas from the outside (grouping events by saga, noting ends).
+//! - [`trace`]: tracing one saga by correlation ID (causal tree, timeline, status), listing sagas.
 
 pub mod catalogue;
 pub mod config;
@@ -40,6 +41,7 @@ pub mod saga_log;
 pub mod saga_state;
 pub mod testkit;
 pub mod topics;
+pub mod trace;
 pub mod trace_context;
 pub mod watch;
 
@@ -49,6 +51,8 @@ pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
 pub use event::{DataError, Event};
 pub use handler::{Context, Emit, HandlerError, State};
 pub use publish::{PublishError, Published, Publisher};
-pub use runtime::{ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle};
+pub use runtime::{
+    ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle,
+};
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

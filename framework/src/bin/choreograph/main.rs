@@ -10,6 +10,7 @@ use choreograph::{Catalogue, CorrelationId, KafkaConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod publish;
+mod trace;
 
 #[derive(Parser)]
 #[command(name = "choreograph", version, about = "Event-driven choreography on Apache Kafka", long_about = None)]
@@ -37,6 +38,10 @@ struct KafkaArgs {
 enum Command {
     /// Publish one event: start a new saga, or add to one with --correlation-id
     Publish(publish::PublishArgs),
+    /// Trace one saga: causal tree, timeline and status (completed, failed, compensated, in-progress, stalled)
+    Trace(trace::TraceArgs),
+    /// List recent sagas with their status (from the saga log)
+    Sagas(trace::SagasArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Publish(args) => publish::run(&cli.kafka, args).await,
+            Command::Trace(args) => trace::run_trace(&cli.kafka, args).await,
+            Command::Sagas(args) => trace::run_sagas(&cli.kafka, args).await,
         }
     });
     match result {

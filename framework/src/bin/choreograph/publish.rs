@@ -85,11 +85,13 @@ pub async fn run(kafka: &KafkaArgs, args: PublishArgs) -> Result<(), String> {
         (Some(t), _) => t.clone(),
         (None, Some((dir, c))) => match c.get(&args.event_type) {
             Some(entry) => config.topic(&entry.placement.topic),
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "event type `{}` is not in the catalogue at {}: give --topic, or add its schema",
                 args.event_type,
                 dir.display()
-            )),
+            ))
+            }
         },
         (None, None) => {
             return Err(
