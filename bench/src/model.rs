@@ -103,7 +103,7 @@ impl Event for ChainFinished {
 // --- workloads ------------------------------------------------------------------------------
 
 /// A choreography shape to measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// UserRegistered → activity → NewcomerEnrolled → coupon + points → join in activity →
@@ -158,10 +158,25 @@ impl Workload {
     /// Topic and type of the terminal event.
     pub fn terminal(self) -> (&'static str, &'static str) {
         match self {
-            Workload::Registration => {
-                (WelcomePackageCompleted::TOPIC, WelcomePackageCompleted::TYPE)
-            }
+            Workload::Registration => (
+                WelcomePackageCompleted::TOPIC,
+                WelcomePackageCompleted::TYPE,
+            ),
             Workload::Chain => (ChainFinished::TOPIC, ChainFinished::TYPE),
+        }
+    }
+
+    /// Whether a terminal event's data is what the choreography must produce (the join
+    /// carried both halves; the chain ran every step).
+    pub fn terminal_is_valid(self, data: &[u8]) -> bool {
+        match self {
+            Workload::Registration => serde_json::from_slice::<WelcomePackageCompleted>(data)
+                .is_ok_and(|w| {
+                    w.points == WELCOME_POINTS && w.coupon_code == coupon_code(&w.user_id)
+                }),
+            Workload::Chain => {
+                serde_json::from_slice::<ChainFinished>(data).is_ok_and(|f| f.step == 3)
+            }
         }
     }
 
@@ -180,7 +195,7 @@ impl Workload {
 }
 
 /// A service of a workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Activity,
@@ -203,7 +218,7 @@ impl Role {
 }
 
 /// An implementation of the choreographies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Implementation {
     /// Services written with the Choreograph framework (at-least-once, its default).

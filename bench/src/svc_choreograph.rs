@@ -101,12 +101,23 @@ async fn step_two(_ctx: Context, e: ChainContinued) -> Result<ChainFinished, Han
 }
 
 /// Runs one service until SIGINT/SIGTERM.
-pub fn run(role: Role, brokers: &str, prefix: &str) -> anyhow::Result<()> {
+pub fn run(
+    role: Role,
+    brokers: &str,
+    prefix: &str,
+    properties: &[(String, String)],
+    max_in_flight: Option<usize>,
+) -> anyhow::Result<()> {
     let mut config = KafkaConfig::new(brokers)?;
     config.topic_prefix = prefix.to_owned();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let defaults = ServiceOptions::default();
     let options = ServiceOptions {
         group_id: Some(format!("{prefix}{}", role.name())),
-        ..ServiceOptions::default()
+        max_in_flight_per_partition: max_in_flight.unwrap_or(defaults.max_in_flight_per_partition),
+        ..defaults
     };
     // What `#[tokio::main]` builds: the multi-threaded runtime, one worker per core.
     let rt = tokio::runtime::Runtime::new()?;
