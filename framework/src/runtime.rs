@@ -396,7 +396,9 @@ where
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+                // librdkafka reports every failed connection attempt; the runtime reports
+                // outages itself, rate-limited. RUST_LOG=librdkafka=warn shows them all.
+                .unwrap_or_else(|_| "info,librdkafka=off,rdkafka::client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
