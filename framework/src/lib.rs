@@ -14,6 +14,7 @@
 //! - [`runtime`]: the [`runtime::Service`] that subscribes, dispatches, publishes and commits.
 //! - [`delivery`]: per-partition contiguous offset watermarks (at-least-once bookkeeping).
 //! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
+//! - [`dlq`]: listing and replaying dead letters (once each).
 //! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
 //! - [`saga_log`]: one step record per handled event, the basis of tracing a saga.
 //! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
@@ -30,6 +31,7 @@ pub mod catalogue;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;
+pub mod dlq;
 pub mod embedded;
 pub mod envelope;
 pub mod event;

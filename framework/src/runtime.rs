@@ -1417,6 +1417,9 @@ impl ConsumerThread {
             ("auto.commit.interval.ms", "1000"),
             ("queued.max.messages.kbytes", "16384"),
             ("auto.offset.reset", "earliest"),
+            // A subscribed topic the first metadata answer missed (just created) is found
+            // within seconds, not after librdkafka's default 5 minutes.
+            ("topic.metadata.refresh.interval.ms", "5000"),
         ];
         for (k, v) in defaults {
             if !self.config.properties().contains_key(k) {

@@ -128,6 +128,17 @@ fn malformed_input_is_refused_clearly() {
             "invalid traceparent",
         ),
         (&["frobnicate"], "unrecognized subcommand"),
+        (&["dlq", "replay", "-b", "h:1", "--topic", "x"], "required"),
+        (
+            &[
+                "dlq", "replay", "-b", "h:1", "--topic", "x", "--offset", "3-7",
+            ],
+            "PARTITION:OFFSET",
+        ),
+        (
+            &["dlq", "replay", "-b", "h:1", "--topic", "x", "-c", "nope"],
+            "not a correlation ID",
+        ),
     ];
     for (args, expected) in cases {
         let (out, _) = choreograph(args, &[]);

@@ -3,6 +3,8 @@
 //!
 //! Every test runs on topics of its own (`testkit::isolated_config` prefixes them).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +82,9 @@ impl Probe {
     }
 }
 
+/// While set, the handler fails retryably for n == 999 (a downstream outage that gets fixed).
+static OUTAGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 async fn start_to_middle(
     State(probe): State<Arc<Probe>>,
     ctx: Context,
@@ -96,6 +101,12 @@ async fn start_to_middle(
             probe.running.fetch_sub(1, Ordering::SeqCst);
             return Err(HandlerError::retryable(
                 "the downstream is down (on purpose)",
+            ));
+        }
+        999 if OUTAGE.load(Ordering::SeqCst) => {
+            probe.running.fetch_sub(1, Ordering::SeqCst);
+            return Err(HandlerError::retryable(
+                "the downstream is down until fixed",
             ));
         }
         _ => {}
@@ -692,4 +703,137 @@ async fn saga_state_refuses_topics_with_unequal_partition_counts() {
             && text.contains(&format!("{}=3", config.topic(Middle::TOPIC))),
         "{text}"
     );
+}
+
+fn choreograph_cli(config: &KafkaConfig, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::binary("choreograph"))
+        .args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", config.bootstrap_servers())
+        .env("CHOREOGRAPH_TOPIC_PREFIX", &config.topic_prefix)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_dead_letter_is_replayed_once_after_the_fix() {
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(0);
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    let poisoned = publisher
+        .start_saga(&Started { n: 999, seq: 0 })
+        .await
+        .unwrap();
+    let healthy = publisher
+        .start_saga(&Started { n: 1, seq: 0 })
+        .await
+        .unwrap();
+    let s = service1(&config, probe.clone());
+    let h = s.shutdown_handle();
+    let t = tokio::spawn(s.run_until(futures::future::pending()));
+    let dlq_topic = format!("{}.dlq", config.topic(Started::TOPIC));
+    wait_for("the healthy saga handled", || probe.handled() == 1).await;
+    let dead = read_topic(&config, &dlq_topic, 1, Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), 1, "the poisoned event is dead-lettered");
+
+    // `dlq list` shows it, pending.
+    let out = choreograph_cli(
+        &config,
+        &[
+            "dlq",
+            "list",
+            "--topic",
+            &config.topic(Started::TOPIC),
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["reason"], "retries-exhausted");
+    assert_eq!(
+        listed[0]["correlation_id"],
+        poisoned.correlation_id.to_string().as_str()
+    );
+    assert_eq!(listed[0]["replayed"], false);
+
+    // The cause is fixed; the saga is replayed and completes.
+    OUTAGE.store(false, Ordering::SeqCst);
+    let saga = poisoned.correlation_id.to_string();
+    let out = choreograph_cli(
+        &config,
+        &[
+            "dlq",
+            "replay",
+            "--topic",
+            &dlq_topic,
+            "--correlation-id",
+            &saga,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replayed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for("the replayed saga handled", || probe.handled() == 2).await;
+    wait_for_outputs(&config, &[poisoned.correlation_id, healthy.correlation_id]).await;
+
+    // Never twice by accident.
+    let out = choreograph_cli(
+        &config,
+        &[
+            "dlq",
+            "replay",
+            "--topic",
+            &dlq_topic,
+            "--correlation-id",
+            &saga,
+        ],
+    );
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already replayed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = choreograph_cli(
+        &config,
+        &["dlq", "list", "--topic", &dlq_topic, "--format", "json"],
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["replayed"], true);
+    let replayed = read_topic(
+        &config,
+        &config.topic(Started::TOPIC),
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        replayed.len(),
+        3,
+        "two sagas' starts and exactly one replay"
+    );
+    let replay = replayed
+        .iter()
+        .find(|m| header(m, "dlq_replayed_from").is_some())
+        .expect("the replayed record says where it came from");
+    assert!(
+        header(replay, "dlq_reason").is_none(),
+        "replayed without the dlq headers"
+    );
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(probe.duplicates(), 0);
 }

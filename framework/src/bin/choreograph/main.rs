@@ -9,6 +9,7 @@ use choreograph::trace_context::TraceParent;
 use choreograph::{Catalogue, CorrelationId, KafkaConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod dlq;
 mod publish;
 mod trace;
 
@@ -42,6 +43,9 @@ enum Command {
     Trace(trace::TraceArgs),
     /// List recent sagas with their status (from the saga log)
     Sagas(trace::SagasArgs),
+    /// Dead letters: list them, replay them
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::run(&cli.kafka, args).await,
             Command::Trace(args) => trace::run_trace(&cli.kafka, args).await,
             Command::Sagas(args) => trace::run_sagas(&cli.kafka, args).await,
+            Command::Dlq(command) => dlq::run(&cli.kafka, command).await,
         }
     });
     match result {

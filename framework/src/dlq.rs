@@ -1,0 +1,272 @@
+//! Reading and replaying dead letters (the `choreograph dlq` commands).
+//!
+//! A replay sends a dead letter back to its original topic (`dlq_topic` header) as it was: same
+//! key, value and headers, without the `dlq_*` headers, plus `dlq_replayed_from` =
+//! `<dead-letter topic>/<partition>/<offset>`. Every replay is recorded in the compacted topic
+//! `choreograph.dlq-replays` (with the topic prefix), keyed by that same origin, and a dead
+//! letter already recorded there is not replayed again unless forced.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::dead_letter::headers as dlq;
+use crate::topics::{TopicSpec, Topics};
+
+/// The topic that records replays (before the topic prefix).
+pub const REPLAYS_TOPIC: &str = "choreograph.dlq-replays";
+/// The header a replayed record carries: where it was replayed from.
+pub const REPLAYED_FROM: &str = "dlq_replayed_from";
+
+/// One dead letter, as read from a dead-letter topic.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeadLetterRecord {
+    /// `<dead-letter topic>/<partition>/<offset>`: what identifies it.
+    pub id: String,
+    pub dlq_topic: String,
+    pub dlq_partition: i32,
+    pub dlq_offset: i64,
+    pub reason: String,
+    pub error: String,
+    pub service: String,
+    pub attempts: String,
+    pub original_topic: String,
+    pub original_partition: String,
+    pub original_offset: String,
+    pub correlation_id: Option<String>,
+    pub event_type: Option<String>,
+    pub replayed: bool,
+    #[serde(skip)]
+    record: OwnedMessage,
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reads every record of `topic` up to the end it has when called (blocking).
+pub fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>, String> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", "choreograph-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), config.connect_timeout)
+        .map_err(|e| {
+            format!(
+                "cannot reach the cluster at {}: {e}",
+                config.bootstrap_servers()
+            )
+        })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    drop(metadata);
+    if partitions.is_empty() {
+        return Err(format!("topic `{topic}` does not exist"));
+    }
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, config.connect_timeout)
+            .map_err(|e| e.to_string())?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("reading `{topic}` took longer than {timeout:?}"));
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(end) = ends.get(&m.partition()) {
+                if m.offset() + 1 >= *end {
+                    ends.remove(&m.partition());
+                }
+            }
+            out.push(m.detach());
+        }
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(out)
+}
+
+/// The dead-letter topics of the cluster (names ending in `.dlq`, with the topic prefix).
+pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, String> {
+    let consumer: BaseConsumer = config.client_config().create().map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(None, config.connect_timeout)
+        .map_err(|e| {
+            format!(
+                "cannot reach the cluster at {}: {e}",
+                config.bootstrap_servers()
+            )
+        })?;
+    let mut topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| n.ends_with(".dlq") && n.starts_with(&config.topic_prefix))
+        .collect();
+    topics.sort();
+    Ok(topics)
+}
+
+/// The origins (`<dlq topic>/<partition>/<offset>`) already replayed.
+pub fn replayed(config: &KafkaConfig, timeout: Duration) -> Result<HashSet<String>, String> {
+    let topic = config.topic(REPLAYS_TOPIC);
+    match read_to_end(config, &topic, timeout) {
+        Ok(records) => Ok(records
+            .iter()
+            .filter_map(|m| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+            .collect()),
+        Err(e) if e.contains("does not exist") => Ok(HashSet::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The dead letters of one dead-letter topic, marked `replayed` where they were.
+pub fn list(
+    config: &KafkaConfig,
+    dlq_topic: &str,
+    timeout: Duration,
+) -> Result<Vec<DeadLetterRecord>, String> {
+    let done = replayed(config, timeout)?;
+    let records = read_to_end(config, dlq_topic, timeout)?;
+    Ok(records
+        .into_iter()
+        .map(|m| {
+            let id = format!("{dlq_topic}/{}/{}", m.partition(), m.offset());
+            let get = |n: &str| header(&m, n).unwrap_or_default();
+            DeadLetterRecord {
+                replayed: done.contains(&id),
+                id,
+                dlq_topic: dlq_topic.to_owned(),
+                dlq_partition: m.partition(),
+                dlq_offset: m.offset(),
+                reason: get(dlq::REASON),
+                error: get(dlq::ERROR),
+                service: get(dlq::SERVICE),
+                attempts: get(dlq::ATTEMPTS),
+                original_topic: get(dlq::TOPIC),
+                original_partition: get(dlq::PARTITION),
+                original_offset: get(dlq::OFFSET),
+                correlation_id: header(&m, crate::envelope::headers::CORRELATION_ID),
+                event_type: header(&m, crate::envelope::headers::TYPE),
+                record: m,
+            }
+        })
+        .collect())
+}
+
+/// Sends one dead letter back to its original topic and records the replay.
+pub async fn replay_one(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    letter: &DeadLetterRecord,
+) -> Result<(i32, i64), String> {
+    if letter.original_topic.is_empty() {
+        return Err(format!(
+            "{}: no `{}` header: not a Choreograph dead letter",
+            letter.id,
+            dlq::TOPIC
+        ));
+    }
+    if header(&letter.record, dlq::VALUE_DROPPED).as_deref() == Some("true") {
+        return Err(format!(
+            "{}: dead-lettered without its value (too large); replay it from {}/{}/{} by hand",
+            letter.id, letter.original_topic, letter.original_partition, letter.original_offset
+        ));
+    }
+    let m = &letter.record;
+    let mut headers = OwnedHeaders::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter().filter(|h| !h.key.starts_with("dlq_")) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    headers = headers.insert(Header {
+        key: REPLAYED_FROM,
+        value: Some(letter.id.as_bytes()),
+    });
+    let mut record = FutureRecord::<[u8], [u8]>::to(&letter.original_topic).headers(headers);
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    if let Some(v) = m.payload() {
+        record = record.payload(v);
+    }
+    let delivery = producer
+        .send(record, config.delivery_timeout)
+        .await
+        .map_err(|(e, _)| format!("{}: {e}", letter.id))?;
+    let marker = serde_json::json!({
+        "replayed_at": chrono::Utc::now().to_rfc3339(),
+        "to_topic": letter.original_topic,
+        "to_partition": delivery.partition,
+        "to_offset": delivery.offset,
+    })
+    .to_string();
+    let replays = config.topic(REPLAYS_TOPIC);
+    producer
+        .send(
+            FutureRecord::to(&replays)
+                .key(letter.id.as_str())
+                .payload(marker.as_str()),
+            config.delivery_timeout,
+        )
+        .await
+        .map_err(|(e, _)| {
+            format!(
+                "{}: replayed, but recording the replay failed: {e}",
+                letter.id
+            )
+        })?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+/// Makes sure the replay log exists (compacted).
+pub async fn ensure_replay_log(config: &KafkaConfig) -> Result<(), String> {
+    let topics = Topics::new(config).map_err(|e| e.to_string())?;
+    topics
+        .ensure_spec(
+            &config.topic(REPLAYS_TOPIC),
+            &TopicSpec {
+                partitions: Some(1),
+                compacted: true,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
