@@ -381,6 +381,20 @@ impl ReadySignal {
     }
 }
 
+/// Logs to stderr with the filter from `RUST_LOG`, else `default_level` for everything but
+/// librdkafka's own messages: it reports every failed connection attempt, and Choreograph
+/// reports outages itself, rate-limited (`RUST_LOG=librdkafka=warn` shows them all).
+pub fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                format!("{default_level},librdkafka=off,rdkafka::client=off").into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The `main` of a service binary.
 ///
 /// Logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
@@ -393,15 +407,7 @@ where
     F: FnOnce(&KafkaConfig) -> Result<Service<S>, Box<dyn std::error::Error>>,
 {
     use std::process::ExitCode;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // librdkafka reports every failed connection attempt; the runtime reports
-                // outages itself, rate-limited. RUST_LOG=librdkafka=warn shows them all.
-                .unwrap_or_else(|_| "info,librdkafka=off,rdkafka::client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("info");
     let config = match KafkaConfig::from_env() {
         Ok(c) => c,
         Err(e) => {

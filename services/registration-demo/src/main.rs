@@ -34,13 +34,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,librdkafka=off,rdkafka::client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    choreograph::runtime::init_logging("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

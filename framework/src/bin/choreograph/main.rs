@@ -103,14 +103,7 @@ fn kafka_config(args: &KafkaArgs) -> Result<KafkaConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // librdkafka reports every failed connection attempt; the CLI reports the outcome instead.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,librdkafka=off,rdkafka::client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    choreograph::runtime::init_logging("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
