@@ -6,16 +6,16 @@
 //! `choreograph.dlq-replays` (with the topic prefix), keyed by that same origin, and a dead
 //! letter already recorded there is not replayed again unless forced.
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::dead_letter::headers as dlq;
+use crate::record::header_value;
 use crate::topics::{TopicSpec, Topics};
 
 /// The topic that records replays (before the topic prefix).
@@ -45,80 +45,6 @@ pub struct DeadLetterRecord {
     record: OwnedMessage,
 }
 
-fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .filter(|h| h.key == name)
-        .last()
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// Reads every record of `topic` up to the end it has when called (blocking).
-pub fn read_to_end(
-    config: &KafkaConfig,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Vec<OwnedMessage>, String> {
-    let consumer: BaseConsumer = config
-        .client_config()
-        .set("group.id", "choreograph-dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), config.connect_timeout)
-        .map_err(|e| {
-            format!(
-                "cannot reach the cluster at {}: {e}",
-                config.bootstrap_servers()
-            )
-        })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    drop(metadata);
-    if partitions.is_empty() {
-        return Err(format!("topic `{topic}` does not exist"));
-    }
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, config.connect_timeout)
-            .map_err(|e| e.to_string())?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!("reading `{topic}` took longer than {timeout:?}"));
-        }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(end) = ends.get(&m.partition()) {
-                if m.offset() + 1 >= *end {
-                    ends.remove(&m.partition());
-                }
-            }
-            out.push(m.detach());
-        }
-    }
-    out.sort_by_key(|m| (m.partition(), m.offset()));
-    Ok(out)
-}
-
 /// The dead-letter topics of the cluster (names ending in `.dlq`, with the topic prefix).
 pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, String> {
     let consumer: BaseConsumer = config.client_config().create().map_err(|e| e.to_string())?;
@@ -143,7 +69,7 @@ pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, String> {
 /// The origins (`<dlq topic>/<partition>/<offset>`) already replayed.
 pub fn replayed(config: &KafkaConfig, timeout: Duration) -> Result<HashSet<String>, String> {
     let topic = config.topic(REPLAYS_TOPIC);
-    match read_to_end(config, &topic, timeout) {
+    match crate::record::read_to_end(config, &topic, timeout) {
         Ok(records) => Ok(records
             .iter()
             .filter_map(|m| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
@@ -160,12 +86,12 @@ pub fn list(
     timeout: Duration,
 ) -> Result<Vec<DeadLetterRecord>, String> {
     let done = replayed(config, timeout)?;
-    let records = read_to_end(config, dlq_topic, timeout)?;
+    let records = crate::record::read_to_end(config, dlq_topic, timeout)?;
     Ok(records
         .into_iter()
         .map(|m| {
             let id = format!("{dlq_topic}/{}/{}", m.partition(), m.offset());
-            let get = |n: &str| header(&m, n).unwrap_or_default();
+            let get = |n: &str| header_value(&m, n).unwrap_or_default();
             DeadLetterRecord {
                 replayed: done.contains(&id),
                 id,
@@ -179,8 +105,8 @@ pub fn list(
                 original_topic: get(dlq::TOPIC),
                 original_partition: get(dlq::PARTITION),
                 original_offset: get(dlq::OFFSET),
-                correlation_id: header(&m, crate::envelope::headers::CORRELATION_ID),
-                event_type: header(&m, crate::envelope::headers::TYPE),
+                correlation_id: header_value(&m, crate::envelope::headers::CORRELATION_ID),
+                event_type: header_value(&m, crate::envelope::headers::TYPE),
                 record: m,
             }
         })
@@ -200,7 +126,7 @@ pub async fn replay_one(
             dlq::TOPIC
         ));
     }
-    if header(&letter.record, dlq::VALUE_DROPPED).as_deref() == Some("true") {
+    if header_value(&letter.record, dlq::VALUE_DROPPED).as_deref() == Some("true") {
         return Err(format!(
             "{}: dead-lettered without its value (too large); replay it from {}/{}/{} by hand",
             letter.id, letter.original_topic, letter.original_partition, letter.original_offset

@@ -22,7 +22,7 @@
 //! - [`topics`]: topic lookup and creation through the admin API.
 //! - [`trace_context`]: W3C `traceparent` propagation.
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo and quick tests.
-//! - [`record`]: rdkafka message ↔ envelope glue.
+//! - [`record`]: rdkafka message ↔ envelope glue, header values, reading a topic to its end.
 //! - [`testkit`]: helpers for tests against a real broker.
 //! - [`watch`]: observing sagas from the outside (grouping events by saga, noting ends).
 //! - [`trace`]: tracing one saga by correlation ID (causal tree, timeline, status), listing sagas.

@@ -1,6 +1,13 @@
-//! Glue between rdkafka messages and the envelope.
+//! Glue between rdkafka messages and the envelope, and reading a topic to its end.
 
-use rdkafka::message::{Headers, Message};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
 
 use crate::envelope::{CloudEvent, ContentMode, DecodeError, RecordView};
 
@@ -15,4 +22,80 @@ pub fn decode_message<M: Message>(message: &M) -> Result<(CloudEvent, ContentMod
         value: message.payload(),
         headers: &headers,
     })
+}
+
+/// The last value of a header, as (lossy) UTF-8.
+pub fn header_value<M: Message>(message: &M, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reads every record of `topic` up to the end it has when called (blocking).
+pub fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>, String> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", "choreograph-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), config.connect_timeout)
+        .map_err(|e| {
+            format!(
+                "cannot reach the cluster at {}: {e}",
+                config.bootstrap_servers()
+            )
+        })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    drop(metadata);
+    if partitions.is_empty() {
+        return Err(format!("topic `{topic}` does not exist"));
+    }
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, config.connect_timeout)
+            .map_err(|e| e.to_string())?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("reading `{topic}` took longer than {timeout:?}"));
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(end) = ends.get(&m.partition()) {
+                if m.offset() + 1 >= *end {
+                    ends.remove(&m.partition());
+                }
+            }
+            out.push(m.detach());
+        }
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(out)
 }

@@ -825,37 +825,41 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             let key = message.key().unwrap_or_default();
             Arc::new(SagaSlot::new(store.get(message.partition(), key)))
         });
-        let outcome = self.handle(message, &event, slot.clone(), started_at).await;
-        let mut step = StepRecord {
-            outcome: StepOutcome::Skipped,
-            attempts: 0,
-            emitted: Vec::new(),
-            error: None,
-            reason: None,
-        };
-        match outcome {
-            Outcome::Handled { outgoing, attempts } => {
-                match self.publish_outputs(&event, &outgoing).await {
-                    Ok(emitted) => {
-                        step.emitted = emitted;
-                        if let Some(change) = slot.and_then(|s| s.take_change()) {
-                            self.write_saga_state(message, change).await;
-                        }
-                        step.outcome = StepOutcome::Handled;
-                        step.attempts = attempts;
+        let mut outcome = self.handle(message, &event, slot.clone(), started_at).await;
+        let mut emitted = Vec::new();
+        if let Outcome::Handled { outgoing, attempts } = &outcome {
+            match self.publish_outputs(&event, outgoing).await {
+                Ok(e) => {
+                    emitted = e;
+                    if let Some(change) = slot.and_then(|s| s.take_change()) {
+                        self.write_saga_state(message, change).await;
                     }
-                    Err(error) => {
-                        let reason = DeadLetterReason::InvalidOutput;
-                        self.dead_letter(message, reason, error.clone(), attempts)
-                            .await;
-                        step.outcome = StepOutcome::DeadLettered;
-                        step.attempts = attempts;
-                        step.error = Some(error);
-                        step.reason = Some(reason);
+                }
+                // The broker refused a follow-up event for good: the input is dead-lettered.
+                Err(error) => {
+                    outcome = Outcome::DeadLetter {
+                        reason: DeadLetterReason::InvalidOutput,
+                        error,
+                        attempts: *attempts,
                     }
                 }
             }
-            Outcome::Skipped => {}
+        }
+        let step = match outcome {
+            Outcome::Handled { attempts, .. } => StepRecord {
+                outcome: StepOutcome::Handled,
+                attempts,
+                emitted,
+                error: None,
+                reason: None,
+            },
+            Outcome::Skipped => StepRecord {
+                outcome: StepOutcome::Skipped,
+                attempts: 0,
+                emitted,
+                error: None,
+                reason: None,
+            },
             Outcome::DeadLetter {
                 reason,
                 error,
@@ -863,12 +867,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             } => {
                 self.dead_letter(message, reason, error.clone(), attempts)
                     .await;
-                step.outcome = StepOutcome::DeadLettered;
-                step.attempts = attempts;
-                step.error = Some(error);
-                step.reason = Some(reason);
+                StepRecord {
+                    outcome: StepOutcome::DeadLettered,
+                    attempts,
+                    emitted,
+                    error: Some(error),
+                    reason: Some(reason),
+                }
             }
-        }
+        };
         self.write_step(message, &event, step, started_at).await;
     }
 

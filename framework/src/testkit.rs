@@ -49,26 +49,12 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// Reads every record of `topic` up to its current end (the high watermarks when called).
 pub fn read_to_end(config: &KafkaConfig, topic: &str, timeout: Duration) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = config
-        .client_config()
-        .set("group.id", "choreograph-testkit-reader")
-        .create()
-        .expect("cannot create a test consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("cannot read topic metadata");
-    let mut total = 0usize;
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("cannot read watermarks");
-            total += (high - low).max(0) as usize;
-        }
+    match crate::record::read_to_end(config, topic, timeout) {
+        Ok(records) => records,
+        // Not created yet: nothing in it.
+        Err(e) if e.contains("does not exist") => Vec::new(),
+        Err(e) => panic!("reading `{topic}`: {e}"),
     }
-    drop(metadata);
-    drop(consumer);
-    read_topic(config, topic, total, timeout)
 }
 
 /// Reads records of `topic` from the beginning of every partition, without a consumer group,

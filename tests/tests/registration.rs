@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use choreograph::watch::{SagaWatch, WatchedSaga};
 use choreograph::{testkit, CorrelationId, Event, KafkaConfig, Publisher, SagaOutcome};
-use common::ServiceProcess;
+use common::{start_all, ServiceProcess};
 use registration_events::*;
 
 fn watch(config: &KafkaConfig) -> SagaWatch {
@@ -161,10 +161,7 @@ async fn every_branch_ends_right_for_hundreds_of_concurrent_sagas() {
     let config = testkit::isolated_config();
     let sagas = register(&config, 300).await;
     let watch = watch(&config);
-    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
-        .into_iter()
-        .map(|s| ServiceProcess::start(s, &config))
-        .collect();
+    let mut services = start_all(&config);
     wait_for_all(&watch, &sagas).await;
     let duplicates = check_sagas(&watch, &sagas);
     assert_eq!(duplicates, 0, "no crash, no duplicates");
@@ -264,10 +261,7 @@ async fn kill_9_of_the_activity_service_mid_run_loses_no_saga() {
     let config = testkit::isolated_config();
     let sagas = register(&config, 400).await;
     let watch = watch(&config);
-    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
-        .into_iter()
-        .map(|s| ServiceProcess::start(s, &config))
-        .collect();
+    let mut services = start_all(&config);
     wait_until("some sagas ended", || watch.ended(sagas.keys()) >= 40).await;
     let ended_before = watch.ended(sagas.keys());
     services[1].kill_9();
@@ -285,10 +279,7 @@ async fn a_second_coupon_instance_joining_mid_run_loses_no_saga() {
     let config = testkit::isolated_config();
     let sagas = register(&config, 400).await;
     let watch = watch(&config);
-    let mut services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
-        .into_iter()
-        .map(|s| ServiceProcess::start(s, &config))
-        .collect();
+    let mut services = start_all(&config);
     wait_until("some sagas ended", || watch.ended(sagas.keys()) >= 40).await;
     services.push(ServiceProcess::start("coupon", &config));
     wait_for_all(&watch, &sagas).await;

@@ -16,7 +16,7 @@ use choreograph::runtime::{RetryPolicy, Service, ServiceOptions};
 use choreograph::{
     testkit, Context, CorrelationId, Event, HandlerError, KafkaConfig, Publisher, State,
 };
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
@@ -276,12 +276,7 @@ async fn wait_for_outputs(config: &KafkaConfig, sagas: &[CorrelationId]) {
 }
 
 fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .filter(|h| h.key == name)
-        .last()
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    choreograph::record::header_value(m, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

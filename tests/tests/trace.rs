@@ -342,10 +342,7 @@ fn check_mermaid(text: &str) {
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn traces_of_the_three_outcomes_match_the_expected_causal_trees() {
     let config = testkit::isolated_config();
-    let _services: Vec<ServiceProcess> = ["user", "activity", "coupon", "points"]
-        .into_iter()
-        .map(|s| ServiceProcess::start(s, &config))
-        .collect();
+    let _services = common::start_all(&config);
     // Sample 0 is welcomed, 7 rejected, 8 compensated.
     let mut sagas = Vec::new();
     for i in [0, 7, 8] {
@@ -433,10 +430,7 @@ async fn traces_of_the_three_outcomes_match_the_expected_causal_trees() {
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_saga_without_its_points_service_is_stalled_then_completes() {
     let config = testkit::isolated_config();
-    let _services: Vec<ServiceProcess> = ["user", "activity", "coupon"]
-        .into_iter()
-        .map(|s| ServiceProcess::start(s, &config))
-        .collect();
+    let _services = common::start(&["user", "activity", "coupon"], &config);
     let (id, outcome) = register(&config, 0).await;
     assert_eq!(outcome, SagaOutcome::Completed);
     let options = TraceOptions {

@@ -13,6 +13,19 @@ pub struct ServiceProcess {
     child: Option<Child>,
 }
 
+/// Processes of the given services (all four registration services: `start_all`).
+pub fn start(names: &[&'static str], config: &KafkaConfig) -> Vec<ServiceProcess> {
+    names
+        .iter()
+        .map(|s| ServiceProcess::start(s, config))
+        .collect()
+}
+
+/// The four registration services, each as its own process.
+pub fn start_all(config: &KafkaConfig) -> Vec<ServiceProcess> {
+    start(&["user", "activity", "coupon", "points"], config)
+}
+
 /// A binary of the workspace in `target/debug` (built by `cargo build --workspace`).
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
