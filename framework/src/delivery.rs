@@ -7,8 +7,94 @@
 //!
 //! Each assignment of a partition gets a new *epoch*; completions of an older epoch (work that
 //! was in flight when the partition was revoked) are ignored, so they are never committed.
+//!
+//! Exactly-once mode keeps a second book, [`TxnBook`]: what handling an input produced
+//! ([`OutRecord`]s) is held until a transaction writes it together with the input offsets. A
+//! transaction takes, per partition *number*, the finished prefix of the inputs in the order
+//! they were dispatched, over all input topics. A saga's events share a partition number and
+//! are dispatched in order, so a transaction never holds a saga's later step without its earlier
+//! ones (the later one may have read saga state the earlier one wrote).
 
 use std::collections::{HashMap, VecDeque};
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, FutureRecord};
+
+/// A record the runtime writes for one input: a follow-up event, a saga-state change, a handled
+/// marker, a saga-log step, or a dead letter.
+#[derive(Clone, Debug)]
+pub struct OutRecord {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl OutRecord {
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            payload: None,
+            headers: None,
+        }
+    }
+
+    /// A copy of an rdkafka record.
+    pub fn from_future(r: &FutureRecord<'_, [u8], [u8]>) -> Self {
+        Self {
+            topic: r.topic.to_owned(),
+            partition: r.partition,
+            key: r.key.map(<[u8]>::to_vec),
+            payload: r.payload.map(<[u8]>::to_vec),
+            headers: r.headers.clone(),
+        }
+    }
+
+    /// Bytes of key, value and headers (what the producer's `message.max.bytes` limits).
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .as_ref()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 8)
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len) + headers
+    }
+
+    pub fn as_future(&self) -> FutureRecord<'_, [u8], [u8]> {
+        let mut r = FutureRecord::to(&self.topic);
+        r.partition = self.partition;
+        r.key = self.key.as_deref();
+        r.payload = self.payload.as_deref();
+        r.headers = self.headers.clone();
+        r
+    }
+
+    pub fn as_base(&self) -> BaseRecord<'_, [u8], [u8]> {
+        let mut r = BaseRecord::to(&self.topic);
+        r.partition = self.partition;
+        r.key = self.key.as_deref();
+        r.payload = self.payload.as_deref();
+        r.headers = self.headers.clone();
+        r
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: &str, value: &[u8]) -> Self {
+        let hs = self.headers.take().unwrap_or_default();
+        self.headers = Some(hs.insert(Header {
+            key,
+            value: Some(value),
+        }));
+        self
+    }
+}
 
 /// Topic and partition.
 pub type PartitionKey = (String, i32);
@@ -141,10 +227,154 @@ impl OffsetBook {
     }
 }
 
+/// One dispatched input, in exactly-once mode: where it came from and, once finished, what it
+/// produced.
+#[derive(Debug)]
+struct TxnEntry {
+    seq: u64,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+    records: Option<Vec<OutRecord>>,
+}
+
+/// What one transaction writes: records in dispatch order, and the next input offsets.
+#[derive(Debug, Default)]
+pub struct TxnBatch {
+    pub records: Vec<OutRecord>,
+    pub offsets: HashMap<PartitionKey, i64>,
+}
+
+/// Exactly-once bookkeeping: dispatched inputs per partition number, in dispatch order, with
+/// what their handling produced, until a transaction takes them.
+#[derive(Debug, Default)]
+pub struct TxnBook {
+    groups: HashMap<i32, VecDeque<TxnEntry>>,
+}
+
+impl TxnBook {
+    /// An input was dispatched (`seq` grows with every dispatch).
+    pub fn start(&mut self, seq: u64, topic: &str, partition: i32, offset: i64, epoch: u64) {
+        self.groups
+            .entry(partition)
+            .or_default()
+            .push_back(TxnEntry {
+                seq,
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                epoch,
+                records: None,
+            });
+    }
+
+    /// An input finished; ignored when its epoch is stale (the entry is gone or newer).
+    pub fn finish(&mut self, seq: u64, partition: i32, epoch: u64, records: Vec<OutRecord>) {
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return;
+        };
+        if let Ok(i) = group.binary_search_by_key(&seq, |e| e.seq) {
+            if group[i].epoch == epoch {
+                group[i].records = Some(records);
+            }
+        }
+    }
+
+    /// Takes the finished prefix of every partition number.
+    pub fn take_committable(&mut self) -> TxnBatch {
+        let mut batch = TxnBatch::default();
+        for group in self.groups.values_mut() {
+            while group.front().is_some_and(|e| e.records.is_some()) {
+                let e = group.pop_front().expect("front exists");
+                batch.records.extend(e.records.unwrap_or_default());
+                batch.offsets.insert((e.topic, e.partition), e.offset + 1);
+            }
+        }
+        batch
+    }
+
+    /// Drops what a partition has in the book (revoked, or rewound after an abort).
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group.retain(|e| e.topic != topic);
+        }
+    }
+
+    /// Inputs held (unfinished, or finished and waiting for a transaction).
+    pub fn len(&self) -> usize {
+        self.groups.values().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn rec(name: &str) -> OutRecord {
+        OutRecord::new(name)
+    }
+
+    #[test]
+    fn a_transaction_takes_the_dispatch_prefix_of_a_partition_number() {
+        let mut b = TxnBook::default();
+        b.start(1, "a", 3, 10, 7);
+        b.start(2, "b", 3, 5, 8); // same saga, later step, other topic
+        b.start(3, "a", 4, 0, 9);
+        b.finish(2, 3, 8, vec![rec("b-out")]);
+        b.finish(3, 4, 9, vec![rec("c-out")]);
+        let t = b.take_committable();
+        assert_eq!(
+            t.records
+                .iter()
+                .map(|r| r.topic.as_str())
+                .collect::<Vec<_>>(),
+            ["c-out"],
+            "b@5 waits for a@10, dispatched before it with the same partition number"
+        );
+        assert_eq!(t.offsets.get(&("a".into(), 4)), Some(&1));
+        assert!(!t.offsets.contains_key(&("b".into(), 3)));
+        b.finish(1, 3, 7, vec![rec("a-out")]);
+        let t = b.take_committable();
+        assert_eq!(
+            t.records
+                .iter()
+                .map(|r| r.topic.as_str())
+                .collect::<Vec<_>>(),
+            ["a-out", "b-out"]
+        );
+        assert_eq!(t.offsets.get(&("a".into(), 3)), Some(&11));
+        assert_eq!(t.offsets.get(&("b".into(), 3)), Some(&6));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn stale_and_forgotten_inputs_are_not_committed() {
+        let mut b = TxnBook::default();
+        b.start(1, "a", 0, 10, 1);
+        b.finish(1, 0, 99, vec![rec("stale")]);
+        assert!(
+            b.take_committable().offsets.is_empty(),
+            "stale epoch ignored"
+        );
+        b.forget("a", 0);
+        b.finish(1, 0, 1, vec![rec("late")]);
+        assert!(b.take_committable().records.is_empty());
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn record_size_counts_key_value_and_headers() {
+        let mut r = OutRecord::new("t").header("h", b"12");
+        r.key = Some(b"key".to_vec());
+        r.payload = Some(vec![0; 100]);
+        assert_eq!(r.size(), 3 + 100 + 1 + 2 + 8);
+    }
 
     #[test]
     fn watermark_never_passes_an_unfinished_record() {

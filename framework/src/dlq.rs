@@ -191,6 +191,7 @@ pub async fn ensure_replay_log(config: &KafkaConfig) -> Result<(), String> {
             &TopicSpec {
                 partitions: Some(1),
                 compacted: true,
+                ..Default::default()
             },
         )
         .await

@@ -57,6 +57,7 @@ pub struct State<S>(pub S);
 #[derive(Debug)]
 pub struct HandlerError {
     retryable: bool,
+    kind: Option<String>,
     message: String,
 }
 
@@ -65,6 +66,7 @@ impl HandlerError {
     pub fn retryable(error: impl std::fmt::Display) -> Self {
         Self {
             retryable: true,
+            kind: None,
             message: error.to_string(),
         }
     }
@@ -73,8 +75,22 @@ impl HandlerError {
     pub fn permanent(error: impl std::fmt::Display) -> Self {
         Self {
             retryable: false,
+            kind: None,
             message: error.to_string(),
         }
+    }
+
+    /// Names the error's class (`"timeout"`, `"unavailable"`, ...): a
+    /// [`RetryPolicy`](crate::runtime::RetryPolicy) with `retry_kinds` retries only the
+    /// retryable errors of the listed classes.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// The error's class, if it was given one.
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -93,7 +109,10 @@ impl std::fmt::Display for HandlerError {
         } else {
             "permanent"
         };
-        write!(f, "{kind}: {}", self.message)
+        match &self.kind {
+            Some(class) => write!(f, "{kind} ({class}): {}", self.message),
+            None => write!(f, "{kind}: {}", self.message),
+        }
     }
 }
 

@@ -18,6 +18,8 @@
 //! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
 //! - [`saga_log`]: one step record per handled event, the basis of tracing a saga.
 //! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
+//! - [`idempotency`]: which events a service handled, by `(ce_source, ce_id)`, durable and
+//!   bounded, so redelivered events do not run handlers twice.
 //! - [`config`]: bootstrap servers, librdkafka pass-through properties, topic defaults.
 //! - [`topics`]: topic lookup and creation through the admin API.
 //! - [`trace_context`]: W3C `traceparent` propagation.
@@ -36,6 +38,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod event;
 pub mod handler;
+pub mod idempotency;
 pub mod publish;
 pub mod record;
 pub mod runtime;
@@ -52,6 +55,7 @@ pub use config::{ConfigError, KafkaConfig, TopicSettings};
 pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
 pub use event::{DataError, Event};
 pub use handler::{Context, Emit, HandlerError, State};
+pub use idempotency::Idempotency;
 pub use publish::{PublishError, Published, Publisher};
 pub use runtime::{
     ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle,

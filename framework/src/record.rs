@@ -99,3 +99,82 @@ pub fn read_to_end(
     out.sort_by_key(|m| (m.partition(), m.offset()));
     Ok(out)
 }
+
+/// Where [`read_partition`] starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ReadFrom {
+    /// The first record the partition still has.
+    Beginning,
+    /// The first record written at or after `time_ms`, but not more than `at_most` records
+    /// before the end.
+    Since { time_ms: i64, at_most: usize },
+}
+
+/// Reads one partition (committed records only) from `from` to the end it has when called,
+/// handing each record to `visit` (blocking). Returns how many records were read.
+pub(crate) fn read_partition(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: ReadFrom,
+    timeout: Duration,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<usize, String> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", "choreograph-restore")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| format!("watermarks of {topic}[{partition}]: {e}"))?;
+    let mut start = low;
+    if let ReadFrom::Since { time_ms, at_most } = from {
+        start = start.max(high - at_most as i64);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(time_ms))
+            .map_err(|e| e.to_string())?;
+        let found = consumer
+            .offsets_for_times(tpl, timeout)
+            .map_err(|e| format!("offsets by time of {topic}[{partition}]: {e}"))?;
+        match found.elements().first().map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => start = start.max(o),
+            // Nothing written since then.
+            Some(Offset::End) => start = high,
+            _ => {}
+        }
+    }
+    if start >= high {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    let mut records = 0;
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "reading {topic}[{partition}] took longer than {timeout:?}"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            // The end (for read_committed: the last stable offset).
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => tracing::debug!(topic, partition, error = %e, "reading a partition"),
+            Some(Ok(m)) => {
+                records += 1;
+                visit(&m);
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(records)
+}

@@ -50,7 +50,8 @@ use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
@@ -60,9 +61,11 @@ use crate::catalogue::Catalogue;
 use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::delivery::{OffsetBook, PartitionKey};
+use crate::delivery::{OutRecord, TxnBook};
 use crate::envelope::{derived_event_id, headers, CloudEvent};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
+use crate::idempotency::{HandledLog, Idempotency};
 use crate::publish::{producer_config, record_headers};
 use crate::record::decode_message;
 use crate::saga_log::{Emitted, Step, StepInput, StepOutcome};
@@ -70,7 +73,12 @@ use crate::saga_state::{SagaSlot, SagaStore};
 use crate::topics::{TopicError, Topics};
 use crate::trace_context::TraceParent;
 
-/// How retryable handler errors are retried.
+/// How retryable handler errors are retried: the service default
+/// ([`ServiceBuilder::retry`]) or one handler's ([`ServiceBuilder::handle_with_retry`]).
+///
+/// While a record waits for its next attempt, its saga's later records wait behind it (order
+/// within a saga holds) and other sagas of the same partition go on; the partition's offset
+/// watermark stays at the waiting record until it is handled or dead-lettered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = no retry).
@@ -78,6 +86,10 @@ pub struct RetryPolicy {
     /// Backoff before the first retry; doubles each time, up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Which retryable errors are retried: every one (`None`, the default), or only those
+    /// whose [`HandlerError::kind`](crate::handler::HandlerError::kind) is listed (the others
+    /// are dead-lettered at once, reason `handler-failed`).
+    pub retry_kinds: Option<Vec<String>>,
 }
 
 impl Default for RetryPolicy {
@@ -86,11 +98,21 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
+            retry_kinds: None,
         }
     }
 }
 
 impl RetryPolicy {
+    /// Whether this policy retries `error` at all (attempts left aside).
+    pub fn retries(&self, error: &crate::handler::HandlerError) -> bool {
+        error.is_retryable()
+            && match &self.retry_kinds {
+                None => true,
+                Some(kinds) => error.kind().is_some_and(|k| kinds.iter().any(|x| x == k)),
+            }
+    }
+
     /// The backoff before attempt `attempt + 1`: exponential, capped, with "equal jitter"
     /// (between half and all of the exponential value).
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -100,6 +122,32 @@ impl RetryPolicy {
         let capped = exp.min(self.max_backoff);
         let half = capped / 2;
         half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// The delivery guarantee of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Inputs are committed after their outputs are acknowledged; a crash or rebalance may
+    /// re-run a handler (absorbed by [`Idempotency`] where it can be).
+    #[default]
+    AtLeastOnce,
+    /// Outputs, saga state, handled markers, saga-log steps, dead letters and input offsets
+    /// are written in one Kafka transaction per commit interval; consumers read
+    /// `read_committed`. A crash or rebalance produces no duplicate records.
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "at-least-once" => Ok(Self::AtLeastOnce),
+            "exactly-once" => Ok(Self::ExactlyOnce),
+            other => Err(format!(
+                "unknown delivery `{other}`: use `at-least-once` or `exactly-once`"
+            )),
+        }
     }
 }
 
@@ -122,6 +170,13 @@ pub struct ServiceOptions {
     /// Keep per-saga state (see [`crate::saga_state`]); set by
     /// [`ServiceBuilder::keep_saga_state`].
     pub saga_state: bool,
+    /// At-least-once (default) or exactly-once.
+    pub delivery: Delivery,
+    /// Remember handled events so redeliveries do not run handlers again (default on: 1 hour,
+    /// 20,000 per partition); `None` turns it off. See [`crate::idempotency`].
+    pub idempotency: Option<Idempotency>,
+    /// Exactly-once mode: how often a transaction commits finished work (default 100 ms).
+    pub commit_interval: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -135,7 +190,65 @@ impl Default for ServiceOptions {
             revoke_grace: Duration::from_secs(5),
             dead_letter_suffix: ".dlq".to_owned(),
             saga_state: false,
+            delivery: Delivery::AtLeastOnce,
+            idempotency: Some(Idempotency::default()),
+            commit_interval: Duration::from_millis(100),
         }
+    }
+}
+
+impl ServiceOptions {
+    /// Applies the deployment settings found in the environment (each optional):
+    /// `CHOREOGRAPH_DELIVERY` (`at-least-once`/`exactly-once`), `CHOREOGRAPH_INSTANCE_ID`,
+    /// `CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS` (`0` turns idempotency off),
+    /// `CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION`, `CHOREOGRAPH_COMMIT_INTERVAL_MS`.
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        self.apply_vars(|name| std::env::var(name).ok())
+    }
+
+    fn apply_vars(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        fn number(name: &str, v: &str, min: u64) -> Result<u64, String> {
+            match v.trim().parse::<u64>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(format!("{name}={v}: expected a whole number from {min}")),
+            }
+        }
+        if let Some(v) = var("CHOREOGRAPH_DELIVERY") {
+            self.delivery = v
+                .parse()
+                .map_err(|e| format!("CHOREOGRAPH_DELIVERY: {e}"))?;
+        }
+        if let Some(v) = var("CHOREOGRAPH_INSTANCE_ID") {
+            let v = v.trim();
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "CHOREOGRAPH_INSTANCE_ID={v}: use letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            self.instance_id = Some(v.to_owned());
+        }
+        if let Some(v) = var("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS") {
+            let secs = number("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", &v, 0)?;
+            self.idempotency = (secs > 0).then(|| Idempotency {
+                window: Duration::from_secs(secs),
+                ..self.idempotency.clone().unwrap_or_default()
+            });
+        }
+        if let Some(v) = var("CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION") {
+            let n = number("CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION", &v, 1)?;
+            if let Some(i) = &mut self.idempotency {
+                i.max_per_partition = n as usize;
+            }
+        }
+        if let Some(v) = var("CHOREOGRAPH_COMMIT_INTERVAL_MS") {
+            self.commit_interval =
+                Duration::from_millis(number("CHOREOGRAPH_COMMIT_INTERVAL_MS", &v, 1)?);
+        }
+        Ok(())
     }
 }
 
@@ -156,11 +269,15 @@ pub enum ServiceError {
     NotCoPartitioned { service: String, counts: String },
     #[error("the consumer thread of service `{0}` stopped unexpectedly")]
     ConsumerThread(String),
+    #[error("exactly-once delivery of service `{service}` failed for good: {reason}")]
+    Transactions { service: String, reason: String },
 }
 
 struct Registered<S> {
     topic: &'static str,
     handler: Arc<dyn ErasedHandler<S>>,
+    /// This handler's own retry policy (else the service's).
+    retry: Option<RetryPolicy>,
 }
 
 /// Builds a [`Service`]: its name, state, handlers and options.
@@ -211,7 +328,26 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
 
 impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
     /// Registers the handler of one event type (inferred from the handler's signature).
-    pub fn handle<E, M, H>(mut self, handler: H) -> Self
+    pub fn handle<E, M, H>(self, handler: H) -> Self
+    where
+        E: Event,
+        M: 'static,
+        H: Handler<S, E, M>,
+    {
+        self.register(handler, None)
+    }
+
+    /// Registers a handler with a retry policy of its own (instead of the service's).
+    pub fn handle_with_retry<E, M, H>(self, handler: H, retry: RetryPolicy) -> Self
+    where
+        E: Event,
+        M: 'static,
+        H: Handler<S, E, M>,
+    {
+        self.register(handler, Some(retry))
+    }
+
+    fn register<E, M, H>(mut self, handler: H, retry: Option<RetryPolicy>) -> Self
     where
         E: Event,
         M: 'static,
@@ -228,6 +364,7 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 Registered {
                     topic: E::TOPIC,
                     handler: erased,
+                    retry,
                 },
             )
             .is_some()
@@ -257,7 +394,20 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
         self
     }
 
-    /// Sets the retry policy of retryable handler errors.
+    /// Exactly-once delivery (see [`Delivery::ExactlyOnce`]); needs a real Kafka cluster
+    /// (librdkafka's mock cluster accepts transactions but does not enforce them).
+    pub fn exactly_once(mut self) -> Self {
+        self.options.delivery = Delivery::ExactlyOnce;
+        self
+    }
+
+    /// Sets (or, with `None`, turns off) the memory of handled events.
+    pub fn idempotency(mut self, idempotency: Option<Idempotency>) -> Self {
+        self.options.idempotency = idempotency;
+        self
+    }
+
+    /// Sets the service's default retry policy of retryable handler errors.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.options.retry = retry;
         self
@@ -398,7 +548,8 @@ pub fn init_logging(default_level: &str) {
 /// The `main` of a service binary.
 ///
 /// Logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
-/// the environment ([`KafkaConfig::from_env`]), builds the service with `build`, and runs it
+/// the environment ([`KafkaConfig::from_env`]), builds the service with `build`, applies the
+/// deployment settings of the environment ([`ServiceOptions::apply_env`]), and runs it
 /// until SIGINT/SIGTERM. Exit status: 0 after a clean shutdown, 1 when the service failed while
 /// running, 2 when it could not start (bad configuration, unreachable cluster at start-up).
 pub fn service_main<S, F>(build: F) -> std::process::ExitCode
@@ -415,13 +566,17 @@ where
             return ExitCode::from(2);
         }
     };
-    let service = match build(&config) {
+    let mut service = match build(&config) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = service.apply_env_options() {
+        tracing::error!("configuration: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -472,6 +627,12 @@ pub async fn termination_signal() {
 struct Job {
     message: OwnedMessage,
     epoch: u64,
+    /// Dispatch order (exactly-once bookkeeping).
+    seq: u64,
+    /// Generations of the partition's saga state and handled log when dispatched: writes of
+    /// a job dispatched before a reload are ignored.
+    state_generation: Option<u64>,
+    handled_generation: Option<u64>,
 }
 
 /// A finished record, reported back to the consumer thread.
@@ -480,11 +641,35 @@ struct Completion {
     partition: i32,
     offset: i64,
     epoch: u64,
+    seq: u64,
+    /// Exactly-once mode: the records to write in the transaction.
+    records: Vec<OutRecord>,
+}
+
+/// Where the records of one input go: straight to the broker (acknowledged one by one), or
+/// into the input's share of the next transaction.
+enum Sink {
+    Direct,
+    Transaction(Mutex<Vec<OutRecord>>),
 }
 
 impl<S: Clone + Send + Sync + 'static> Service<S> {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Applies [`ServiceOptions::apply_env`] to a built service.
+    pub fn apply_env_options(&mut self) -> Result<(), String> {
+        self.options.apply_env()?;
+        if let Some(id) = &self.options.instance_id {
+            self.instance = id.as_str().into();
+        }
+        Ok(())
+    }
+
+    /// The runtime options in effect.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.options
     }
 
     /// This instance's ID (in logs and dead letters).
@@ -539,6 +724,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                 &crate::topics::TopicSpec {
                     partitions: Some(n as i32),
                     compacted: true,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -557,6 +743,45 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             });
         }
         Ok(Some(changelog))
+    }
+
+    /// The topic of handled markers ([`crate::idempotency`]).
+    pub fn handled_topic(&self) -> String {
+        self.config.topic(&format!("{}.handled", self.name))
+    }
+
+    /// Creates the handled-marker topic (as many partitions as the largest input topic, kept
+    /// for the window); returns its name and the in-memory log when idempotency is on.
+    async fn prepare_handled(
+        &self,
+        inputs: &[String],
+    ) -> Result<Option<(String, HandledLog)>, ServiceError> {
+        let Some(settings) = self.options.idempotency.clone() else {
+            return Ok(None);
+        };
+        let mut most = 1;
+        for t in inputs {
+            most = most.max(self.topics.partition_count(t).await?.unwrap_or(0));
+        }
+        let topic = self.handled_topic();
+        self.topics
+            .ensure_spec(
+                &topic,
+                &crate::topics::TopicSpec {
+                    partitions: Some(most as i32),
+                    compacted: false,
+                    retention_ms: Some(settings.window.as_millis().max(60_000) as i64),
+                },
+            )
+            .await?;
+        let have = self.topics.partition_count(&topic).await?.unwrap_or(0);
+        if have < most {
+            return Err(ServiceError::Topic(TopicError::Metadata {
+                topic,
+                reason: format!("has {have} partitions, fewer than the largest input topic ({most}): add partitions to it, or delete it"),
+            }));
+        }
+        Ok(Some((topic, HandledLog::new(settings))))
     }
 
     /// The dead-letter topic of an input topic.
@@ -583,6 +808,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         self.topics.ensure(&all).await?;
         let changelog = self.prepare_saga_state(&inputs).await?;
         let store = changelog.as_ref().map(|_| SagaStore::default());
+        let handled_log = self.prepare_handled(&inputs).await?;
+        let exactly_once = self.options.delivery == Delivery::ExactlyOnce;
 
         let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
@@ -601,10 +828,12 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             config: self.config.clone(),
             topics: inputs.clone(),
             saga_state: changelog.clone().zip(store.clone()),
+            handled_log: handled_log.clone(),
             handled,
             options: self.options.clone(),
             control: control.clone(),
             ready: self.ready.clone(),
+            instance: self.instance.clone(),
         };
         std::thread::Builder::new()
             .name(format!("{}-consumer", self.name))
@@ -628,12 +857,20 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             topic_prefix: self.config.topic_prefix.clone(),
             saga_log_topic: self.config.topic(&self.config.saga_log_topic),
             saga_state: changelog.zip(store),
+            handled_log,
+            exactly_once,
+            max_message_bytes: self
+                .config
+                .properties()
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000),
             catalogue: self.catalogue.clone(),
             done: Mutex::new(done_tx),
         });
         let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
         let mut workers = JoinSet::new();
-        tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, "service started");
+        tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, delivery = ?self.options.delivery, idempotency = ?self.options.idempotency, "service started");
 
         tokio::pin!(stop);
         let shutdown = self.shutdown.clone();
@@ -752,6 +989,12 @@ struct Worker<S> {
     saga_log_topic: String,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
+    /// The handled-marker topic and the in-memory log, when idempotency is on.
+    handled_log: Option<(String, HandledLog)>,
+    exactly_once: bool,
+    /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
+    /// they go into a transaction).
+    max_message_bytes: usize,
     catalogue: Option<Arc<Catalogue>>,
     done: Mutex<std_mpsc::Sender<Completion>>,
 }
@@ -780,13 +1023,24 @@ enum Outcome {
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn process(&self, job: Job) {
+        let sink = if self.exactly_once {
+            Sink::Transaction(Mutex::new(Vec::new()))
+        } else {
+            Sink::Direct
+        };
         let message = &job.message;
         let started_at = chrono::Utc::now();
         match decode_message(message) {
             // Not a CloudEvent: no saga to log it under; the dead letter says why.
             Err(e) => {
-                self.dead_letter(message, DeadLetterReason::InvalidEnvelope, e.to_string(), 0)
-                    .await
+                self.dead_letter(
+                    &sink,
+                    message,
+                    DeadLetterReason::InvalidEnvelope,
+                    e.to_string(),
+                    0,
+                )
+                .await
             }
             Ok((event, _)) => {
                 let span = tracing::info_span!(
@@ -797,7 +1051,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     causation_id = event.causation_id.as_deref().unwrap_or(""),
                     event_id = %event.id,
                 );
-                self.process_event(message, Arc::new(event), started_at)
+                self.process_event(&job, &sink, Arc::new(event), started_at)
                     .instrument(span)
                     .await
             }
@@ -807,32 +1061,59 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             partition: message.partition(),
             offset: message.offset(),
             epoch: job.epoch,
+            seq: job.seq,
+            records: match sink {
+                Sink::Direct => Vec::new(),
+                Sink::Transaction(records) => {
+                    records.into_inner().unwrap_or_else(|e| e.into_inner())
+                }
+            },
         };
         if let Ok(done) = self.done.lock() {
             let _ = done.send(completion);
         }
     }
 
-    /// Handles a decoded event: handler, follow-up events, saga state, saga-log step, each
-    /// acknowledged in that order before the input counts as finished.
+    /// Handles a decoded event: handler, follow-up events, saga state, then the handled marker
+    /// and the saga-log step, each acknowledged in that order (or, exactly-once, all in the
+    /// input's share of the transaction) before the input counts as finished.
     async fn process_event(
         &self,
-        message: &OwnedMessage,
+        job: &Job,
+        sink: &Sink,
         event: Arc<CloudEvent>,
         started_at: chrono::DateTime<chrono::Utc>,
     ) {
+        let message = &job.message;
+        if let Some((_, log)) = &self.handled_log {
+            if log.contains(message.partition(), &event.source, &event.id) {
+                tracing::debug!("already handled: acknowledged without running the handler");
+                let step = StepRecord {
+                    outcome: StepOutcome::Duplicate,
+                    attempts: 0,
+                    emitted: Vec::new(),
+                    error: None,
+                    reason: None,
+                };
+                self.write_step(sink, message, &event, step, started_at)
+                    .await;
+                return;
+            }
+        }
         let slot = self.saga_state.as_ref().map(|(_, store)| {
             let key = message.key().unwrap_or_default();
             Arc::new(SagaSlot::new(store.get(message.partition(), key)))
         });
-        let mut outcome = self.handle(message, &event, slot.clone(), started_at).await;
+        let mut outcome = self
+            .handle(sink, message, &event, slot.clone(), started_at)
+            .await;
         let mut emitted = Vec::new();
         if let Outcome::Handled { outgoing, attempts } = &outcome {
-            match self.publish_outputs(&event, outgoing).await {
+            match self.publish_outputs(sink, &event, outgoing).await {
                 Ok(e) => {
                     emitted = e;
                     if let Some(change) = slot.and_then(|s| s.take_change()) {
-                        self.write_saga_state(message, change).await;
+                        self.write_saga_state(sink, job, change).await;
                     }
                 }
                 // The broker refused a follow-up event for good: the input is dead-lettered.
@@ -846,13 +1127,20 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             }
         }
         let step = match outcome {
-            Outcome::Handled { attempts, .. } => StepRecord {
-                outcome: StepOutcome::Handled,
-                attempts,
-                emitted,
-                error: None,
-                reason: None,
-            },
+            Outcome::Handled { attempts, .. } => {
+                let step = StepRecord {
+                    outcome: StepOutcome::Handled,
+                    attempts,
+                    emitted,
+                    error: None,
+                    reason: None,
+                };
+                futures::join!(
+                    self.write_handled(sink, job, &event),
+                    self.write_step(sink, message, &event, step, started_at)
+                );
+                return;
+            }
             Outcome::Skipped => StepRecord {
                 outcome: StepOutcome::Skipped,
                 attempts: 0,
@@ -865,7 +1153,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 error,
                 attempts,
             } => {
-                self.dead_letter(message, reason, error.clone(), attempts)
+                self.dead_letter(sink, message, reason, error.clone(), attempts)
                     .await;
                 StepRecord {
                     outcome: StepOutcome::DeadLettered,
@@ -876,12 +1164,62 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         };
-        self.write_step(message, &event, step, started_at).await;
+        self.write_step(sink, message, &event, step, started_at)
+            .await;
+    }
+
+    /// Writes one record: straight to the broker, retried with backoff until it is acknowledged
+    /// (the input stays uncommitted meanwhile, so nothing is lost while the broker is away), or
+    /// into the input's share of the transaction. Fails only when the record can never be
+    /// written (too large, ...).
+    async fn write(&self, sink: &Sink, record: OutRecord, what: &str) -> Result<(), String> {
+        match sink {
+            Sink::Transaction(records) => {
+                let size = record.size();
+                // Headroom for the record's framing: librdkafka refuses larger ones outright.
+                if size + 512 > self.max_message_bytes {
+                    return Err(format!(
+                        "the {what} is {size} bytes, more than the producer's message.max.bytes ({})",
+                        self.max_message_bytes
+                    ));
+                }
+                records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(record);
+                Ok(())
+            }
+            Sink::Direct => {
+                let mut failures = 0u32;
+                loop {
+                    match self
+                        .producer
+                        .send(
+                            record.as_future(),
+                            rdkafka::util::Timeout::After(self.delivery_timeout),
+                        )
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err((e, _)) if is_permanent(&e) => return Err(e.to_string()),
+                        Err((e, _)) => {
+                            failures += 1;
+                            tracing::warn!(topic = %record.topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
+                            tokio::time::sleep(Duration::from_millis(
+                                100 * u64::from(failures.min(50)),
+                            ))
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Appends a step to the saga log (acknowledged before the input is committed).
     async fn write_step(
         &self,
+        sink: &Sink,
         message: &OwnedMessage,
         event: &CloudEvent,
         step: StepRecord,
@@ -910,58 +1248,35 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             error: step.error,
             dead_letter_reason: step.reason.map(|r| r.as_str().to_owned()),
         };
-        let payload = serde_json::to_vec(&record).unwrap_or_default();
-        let key = event.correlation_id.to_string();
-        self.send_until_acked(
-            "saga-log step",
-            &self.saga_log_topic,
-            Some(key.as_bytes()),
-            Some(&payload),
-            None,
-        )
-        .await;
+        let mut out = OutRecord::new(&self.saga_log_topic);
+        out.key = Some(event.correlation_id.to_string().into_bytes());
+        out.payload = Some(serde_json::to_vec(&record).unwrap_or_default());
+        if let Err(e) = self.write(sink, out, "saga-log step").await {
+            tracing::error!(error = %e, "a saga-log step could not be written; the saga's trace misses it");
+        }
     }
 
-    /// Produces one record, retrying with backoff until the broker acknowledges it: the input
-    /// it belongs to stays uncommitted meanwhile, so nothing is lost when the broker is away.
-    async fn send_until_acked(
-        &self,
-        what: &str,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        partition: Option<i32>,
-    ) {
-        let mut failures = 0u32;
-        loop {
-            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            if let Some(p) = payload {
-                record = record.payload(p);
-            }
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            match self
-                .producer
-                .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
-                .await
-            {
-                Ok(_) => return,
-                Err((e, _)) => {
-                    failures += 1;
-                    tracing::warn!(%topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
-                        .await;
-                }
+    /// Remembers a handled event: the marker, then memory ([`crate::idempotency`]).
+    async fn write_handled(&self, sink: &Sink, job: &Job, event: &CloudEvent) {
+        let Some((topic, log)) = &self.handled_log else {
+            return;
+        };
+        let partition = job.message.partition();
+        let mut out = OutRecord::new(topic);
+        out.partition = Some(partition);
+        out.key = Some(event.id.as_bytes().to_vec());
+        out.payload = Some(event.source.as_bytes().to_vec());
+        match self.write(sink, out, "handled marker").await {
+            Ok(()) => log.insert(partition, job.handled_generation, &event.source, &event.id),
+            Err(e) => {
+                tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again")
             }
         }
     }
 
     async fn handle(
         &self,
+        sink: &Sink,
         message: &OwnedMessage,
         event: &Arc<CloudEvent>,
         slot: Option<Arc<SagaSlot>>,
@@ -980,6 +1295,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 };
             }
         }
+        let retry = registered.retry.as_ref().unwrap_or(&self.retry);
         let mut attempt = 1;
         loop {
             let ctx = Context {
@@ -1035,22 +1351,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         attempts: attempt,
                     }
                 }
-                Ok(Err(CallError::Handler(e))) if !e.is_retryable() => {
+                Ok(Err(CallError::Handler(e))) if !retry.retries(&e) => {
                     return Outcome::DeadLetter {
                         reason: DeadLetterReason::HandlerFailed,
-                        error: e.message().to_owned(),
+                        error: e.to_string(),
                         attempts: attempt,
                     }
                 }
                 Ok(Err(CallError::Handler(e))) => {
-                    if attempt >= self.retry.max_attempts {
+                    if attempt >= retry.max_attempts {
                         return Outcome::DeadLetter {
                             reason: DeadLetterReason::RetriesExhausted,
                             error: e.message().to_owned(),
                             attempts: attempt,
                         };
                     }
-                    let backoff = self.retry.backoff(attempt);
+                    let backoff = retry.backoff(attempt);
                     let retried = StepRecord {
                         outcome: StepOutcome::Retried,
                         attempts: attempt,
@@ -1058,7 +1374,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         error: Some(e.message().to_owned()),
                         reason: None,
                     };
-                    self.write_step(message, event, retried, started_at).await;
+                    self.write_step(sink, message, event, retried, started_at)
+                        .await;
                     tracing::info!(attempt, ?backoff, error = %e.message(), "handler failed, will retry");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
@@ -1084,6 +1401,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// Fails only when the broker refuses an event for good (retrying cannot help).
     async fn publish_outputs(
         &self,
+        sink: &Sink,
         input: &CloudEvent,
         outgoing: &[Outgoing],
     ) -> Result<Vec<Emitted>, String> {
@@ -1118,23 +1436,21 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .collect();
         let sends = events.iter().map(|(topic, ce)| async move {
             let mut failures = 0u32;
-            loop {
-                let result = match self.topics.ensure(&[topic.as_str()]).await {
-                    Ok(()) => self.send(topic, ce).await,
-                    Err(e) => Err((e.to_string(), false)),
-                };
-                match result {
-                    Ok(()) => return Ok(()),
-                    // Retrying cannot help (the event is too large for the broker, ...).
-                    Err((e, true)) => return Err(format!("`{}` to `{topic}`: {e}", ce.event_type)),
-                    Err((e, false)) => {
-                        failures += 1;
-                        let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
-                        tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
-                        tokio::time::sleep(backoff).await;
-                    }
-                }
+            // The topic first (created when missing), retried while the cluster is away.
+            while let Err(e) = self.topics.ensure(&[topic.as_str()]).await {
+                failures += 1;
+                let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
+                tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
+                tokio::time::sleep(backoff).await;
             }
+            let (key, value, headers) = record_headers(ce);
+            let mut record = OutRecord::new(topic.as_str());
+            record.key = Some(key.into_bytes());
+            record.payload = Some(value);
+            record.headers = Some(headers);
+            self.write(sink, record, "follow-up event")
+                .await
+                .map_err(|e| format!("`{}` to `{topic}`: {e}", ce.event_type))
         });
         let refused: Vec<String> = futures::future::join_all(sends)
             .await
@@ -1142,6 +1458,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .filter_map(Result::err)
             .collect();
         if !refused.is_empty() {
+            if let Sink::Transaction(records) = sink {
+                // None of this input's events may go out with its dead letter.
+                records.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
             return Err(format!(
                 "the broker refused a follow-up event: {}",
                 refused.join("; ")
@@ -1161,40 +1481,28 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     /// Writes a saga's new state to the changelog (same partition number as the input) and,
-    /// once acknowledged, to memory. Retries until the broker takes it.
-    async fn write_saga_state(&self, message: &OwnedMessage, change: Option<serde_json::Value>) {
+    /// once acknowledged (or put in the transaction), to memory.
+    async fn write_saga_state(&self, sink: &Sink, job: &Job, change: Option<serde_json::Value>) {
         let Some((changelog, store)) = &self.saga_state else {
             return;
         };
+        let message = &job.message;
         let key = message.key().unwrap_or_default();
-        let payload = change.as_ref().map(|v| v.to_string());
-        self.send_until_acked(
-            "saga state",
-            changelog,
-            Some(key),
-            payload.as_deref().map(str::as_bytes),
-            Some(message.partition()),
-        )
-        .await;
-        store.put(message.partition(), key, change);
-    }
-
-    /// Sends one event; the error says whether it is permanent.
-    async fn send(&self, topic: &str, ce: &CloudEvent) -> Result<(), (String, bool)> {
-        let (key, value, headers) = record_headers(ce);
-        let record = rdkafka::producer::FutureRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .headers(headers);
-        self.producer
-            .send(record, rdkafka::util::Timeout::After(self.delivery_timeout))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| (e.to_string(), is_permanent(&e)))
+        let mut out = OutRecord::new(changelog);
+        out.partition = Some(message.partition());
+        out.key = Some(key.to_vec());
+        out.payload = change.as_ref().map(|v| v.to_string().into_bytes());
+        match self.write(sink, out, "saga state").await {
+            Ok(()) => store.put(message.partition(), job.state_generation, key, change),
+            Err(e) => {
+                tracing::error!(error = %e, "the saga state could not be written; the saga keeps its previous state")
+            }
+        }
     }
 
     async fn dead_letter(
         &self,
+        sink: &Sink,
         message: &OwnedMessage,
         reason: DeadLetterReason,
         error: String,
@@ -1211,7 +1519,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             dead_letter_topic = %dlq_topic,
             "record dead-lettered"
         );
-        let letter = DeadLetter {
+        let mut letter = DeadLetter {
             record: message,
             reason,
             error,
@@ -1220,31 +1528,17 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             attempts,
             without_value: false,
         };
-        let mut failures = 0u32;
-        let mut letter = letter;
-        loop {
-            match self
-                .producer
-                .send(
-                    letter.record(&dlq_topic),
-                    rdkafka::util::Timeout::After(self.delivery_timeout),
-                )
-                .await
-            {
-                Ok(_) => return,
-                Err((e, _)) if is_permanent(&e) && !letter.without_value => {
-                    // Too large to copy whole (the added headers): keep the headers, which say
-                    // where the original is, and drop the value.
-                    tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, "dead letter refused; writing it without its value");
-                    letter.without_value = true;
-                }
-                Err((e, _)) => {
-                    failures += 1;
-                    tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, attempt = failures, "writing a dead letter failed; retrying (the input stays uncommitted)");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
-                        .await;
-                }
-            }
+        let record = OutRecord::from_future(&letter.record(&dlq_topic));
+        let Err(e) = self.write(sink, record, "dead letter").await else {
+            return;
+        };
+        // Too large to copy whole (the added headers): keep the headers, which say where the
+        // original is, and drop the value.
+        tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, "dead letter refused; writing it without its value");
+        letter.without_value = true;
+        let record = OutRecord::from_future(&letter.record(&dlq_topic));
+        if let Err(e) = self.write(sink, record, "dead letter").await {
+            tracing::error!(dead_letter_topic = %dlq_topic, error = %e, "the dead letter could not be written even without its value; the record is skipped");
         }
     }
 }
@@ -1252,11 +1546,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 /// The consumer side, on its own OS thread.
 struct ConsumerThread {
     service: Arc<str>,
+    instance: Arc<str>,
     group: String,
     config: KafkaConfig,
     topics: Vec<String>,
     handled: HashSet<&'static str>,
     saga_state: Option<(String, SagaStore)>,
+    handled_log: Option<(String, HandledLog)>,
     options: ServiceOptions,
     control: Arc<Control>,
     ready: ReadySignal,
@@ -1268,17 +1564,124 @@ struct Book {
     paused: HashSet<PartitionKey>,
 }
 
+/// Exactly-once mode: the transactional producer and what waits for the next transaction.
+struct Transactions {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    book: TxnBook,
+    /// Input offsets committed by this instance's transactions, by partition.
+    committed: HashMap<PartitionKey, i64>,
+    last_commit: Instant,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Why a transaction did not commit.
+enum TxnFailure {
+    /// Aborted: everything since the last commit is handled again.
+    Abort(String),
+    /// The producer cannot go on (fenced by a newer instance with the same transactional.id,
+    /// ...): the service stops with an error.
+    Fatal(String),
+}
+
+fn classify(e: KafkaError) -> TxnFailure {
+    match &e {
+        KafkaError::Transaction(rde) if rde.is_fatal() => TxnFailure::Fatal(e.to_string()),
+        _ => TxnFailure::Abort(e.to_string()),
+    }
+}
+
+impl Transactions {
+    /// Begin, write the batch's records, send its offsets, commit (blocking).
+    fn run(
+        &self,
+        batch: &crate::delivery::TxnBatch,
+        consumer: &BaseConsumer<RuntimeContext>,
+    ) -> Result<(), TxnFailure> {
+        self.producer.begin_transaction().map_err(classify)?;
+        for record in &batch.records {
+            loop {
+                match self.producer.send(record.as_base()) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => {
+                        return Err(TxnFailure::Abort(format!(
+                            "writing to `{}`: {e}",
+                            record.topic
+                        )))
+                    }
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &batch.offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| TxnFailure::Abort(e.to_string()))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| TxnFailure::Abort("no consumer group metadata yet".into()))?;
+        self.producer
+            .send_offsets_to_transaction(&tpl, &group, self.timeout)
+            .map_err(classify)?;
+        let mut tries = 0;
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(rde)) if rde.is_retriable() && tries < 3 => {
+                    tries += 1;
+                    tracing::debug!(error = %rde, "commit_transaction: retrying");
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+}
+
 struct RuntimeContext {
     service: Arc<str>,
+    config: KafkaConfig,
     book: Mutex<Book>,
     completions: Mutex<std_mpsc::Receiver<Completion>>,
     revoke_grace: Duration,
-    /// Changelog, store and client settings for restoring saga state on assignment.
-    saga_state: Option<(String, SagaStore, KafkaConfig)>,
+    /// Changelog and store for restoring saga state on assignment.
+    saga_state: Option<(String, SagaStore)>,
+    /// Handled-marker topic and log, restored on assignment too.
+    handled_log: Option<(String, HandledLog)>,
+    /// Exactly-once mode.
+    txn: Option<Mutex<Transactions>>,
+    /// Set when the service must stop (a fatal transaction error in a callback).
+    fatal: Mutex<Option<String>>,
     ready: ReadySignal,
 }
 
-impl ClientContext for RuntimeContext {}
+impl ClientContext for RuntimeContext {
+    /// Consumer lag and assignment, every `statistics.interval.ms` (default 30 s).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        let mut total = 0i64;
+        for (name, topic) in &statistics.topics {
+            for (p, partition) in &topic.partitions {
+                if *p >= 0 && partition.consumer_lag >= 0 && partition.fetch_state == "active" {
+                    total += partition.consumer_lag;
+                    lags.push(format!("{name}[{p}]={}", partition.consumer_lag));
+                }
+            }
+        }
+        if lags.is_empty() {
+            return;
+        }
+        lags.sort_unstable();
+        let in_flight = self
+            .book
+            .lock()
+            .map(|b| b.offsets.total_in_flight())
+            .unwrap_or(0);
+        tracing::info!(service = %self.service, lag = total, in_flight, partitions = %lags.join(" "), "consumer lag");
+    }
+}
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -1305,14 +1708,7 @@ impl ConsumerContext for RuntimeContext {
                     break;
                 }
             }
-            self.store_pending(consumer);
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(())
-                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    tracing::warn!(service = %self.service, error = %e, "commit on revoke failed")
-                }
-            }
+            self.commit(consumer);
             let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
             for (t, p) in &revoked {
                 if let Some(tr) = book.offsets.revoke(t, *p) {
@@ -1322,11 +1718,27 @@ impl ConsumerContext for RuntimeContext {
                 }
                 book.paused.remove(&(t.clone(), *p));
             }
+            // A partition number stays loaded while any input topic's partition of that number
+            // is still assigned (cooperative rebalancing revokes some, not all).
+            let still: HashSet<i32> = book.offsets.iter().map(|((_, p), _)| *p).collect();
             drop(book);
-            if let Some((_, store, _)) = &self.saga_state {
+            if let Some(txn) = &self.txn {
+                let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+                for (t, p) in &revoked {
+                    txn.book.forget(t, *p);
+                    txn.committed.remove(&(t.clone(), *p));
+                }
+            }
+            for (_, p) in &revoked {
+                if still.contains(p) {
+                    continue;
+                }
                 // Another instance may own these sagas next: never keep stale state.
-                for (_, p) in &revoked {
+                if let Some((_, store)) = &self.saga_state {
                     store.drop_partition(*p);
+                }
+                if let Some((_, log)) = &self.handled_log {
+                    log.drop_partition(*p);
                 }
             }
             tracing::info!(service = %self.service, partitions = ?revoked, "partitions revoked");
@@ -1343,27 +1755,12 @@ impl ConsumerContext for RuntimeContext {
                 assigned.push((e.topic().to_owned(), e.partition()));
             }
             drop(book);
-            if let Some((changelog, store, config)) = &self.saga_state {
-                // Restore before any record of these partitions is handled: records are only
-                // dispatched after this callback returns.
-                let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
-                numbers.sort_unstable();
-                numbers.dedup();
-                for p in numbers {
-                    if store.is_loaded(p) {
-                        continue;
-                    }
-                    let started = Instant::now();
-                    match store.restore(config, changelog, p, Duration::from_secs(60)) {
-                        Ok(sagas) => {
-                            tracing::info!(service = %self.service, partition = p, sagas, took = ?started.elapsed(), "saga state restored")
-                        }
-                        Err(e) => {
-                            tracing::error!(service = %self.service, partition = p, error = %e, "saga state restore failed; the partition's sagas start from empty state")
-                        }
-                    }
-                }
-            }
+            // Restore before any record of these partitions is handled: records are only
+            // dispatched after this callback returns.
+            let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            self.restore(&numbers, false);
             tracing::info!(service = %self.service, partitions = ?assigned, "partitions assigned");
             if !assigned.is_empty() {
                 self.ready.0.raise();
@@ -1373,28 +1770,187 @@ impl ConsumerContext for RuntimeContext {
 }
 
 impl RuntimeContext {
+    /// Loads the saga state and handled markers of these partition numbers (blocking); with
+    /// `reload`, also those already loaded.
+    fn restore(&self, numbers: &[i32], reload: bool) {
+        for &p in numbers {
+            if let Some((changelog, store)) = &self.saga_state {
+                if reload || !store.is_loaded(p) {
+                    store.drop_partition(p);
+                    let started = Instant::now();
+                    match store.restore(&self.config, changelog, p, Duration::from_secs(60)) {
+                        Ok(sagas) => {
+                            tracing::info!(service = %self.service, partition = p, sagas, took = ?started.elapsed(), "saga state restored")
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %self.service, partition = p, error = %e, "saga state restore failed; the partition's sagas start from empty state")
+                        }
+                    }
+                }
+            }
+            if let Some((topic, log)) = &self.handled_log {
+                if reload || !log.is_loaded(p) {
+                    log.drop_partition(p);
+                    let started = Instant::now();
+                    match log.restore(&self.config, topic, p, Duration::from_secs(60)) {
+                        Ok(events) => {
+                            tracing::debug!(service = %self.service, partition = p, events, took = ?started.elapsed(), "handled markers restored")
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %self.service, partition = p, error = %e, "handled markers could not be restored; redelivered events of this partition may run their handlers again")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Applies finished records to the book (waiting up to `wait` for the first one).
     fn absorb_completions(&self, wait: Option<Duration>) -> usize {
         let rx = self.completions.lock().unwrap_or_else(|e| e.into_inner());
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self
+            .txn
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut apply = |c: Completion| {
+            book.offsets
+                .finish(&c.topic, c.partition, c.offset, c.epoch);
+            if let Some(txn) = &mut txn {
+                txn.book.finish(c.seq, c.partition, c.epoch, c.records);
+            }
+        };
         let mut n = 0;
         if let Some(w) = wait {
             if let Ok(c) = rx.recv_timeout(w) {
-                book.offsets
-                    .finish(&c.topic, c.partition, c.offset, c.epoch);
+                apply(c);
                 n += 1;
             }
         }
         while let Ok(c) = rx.try_recv() {
-            book.offsets
-                .finish(&c.topic, c.partition, c.offset, c.epoch);
+            apply(c);
             n += 1;
         }
         n
     }
 
-    /// Stores every advanced watermark for the next commit.
+    /// Commits finished work: at-least-once, the stored offsets synchronously; exactly-once, a
+    /// transaction with the finished work's records and offsets (see [`Self::transact`]).
+    fn commit(&self, consumer: &BaseConsumer<Self>) {
+        if self.txn.is_some() {
+            self.transact(consumer);
+            return;
+        }
+        self.store_pending(consumer);
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(service = %self.service, error = %e, "commit failed")
+            }
+        }
+    }
+
+    /// Exactly-once: one transaction with every finished input's records and offsets. When it
+    /// aborts, everything since the last commit is handled again ([`Self::rewind`]); when the
+    /// producer fails for good, the service is told to stop.
+    fn transact(&self, consumer: &BaseConsumer<Self>) {
+        let Some(txn) = &self.txn else {
+            return;
+        };
+        let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+        txn.last_commit = Instant::now();
+        let batch = txn.book.take_committable();
+        if batch.offsets.is_empty() {
+            return;
+        }
+        let failure = match txn.run(&batch, consumer) {
+            Ok(()) => {
+                txn.committed.extend(batch.offsets);
+                return;
+            }
+            Err(f) => f,
+        };
+        let reason = match failure {
+            TxnFailure::Fatal(reason) => reason,
+            TxnFailure::Abort(reason) => {
+                tracing::warn!(service = %self.service, error = %reason, records = batch.records.len(), "transaction failed; aborting it and handling its inputs again");
+                match txn.producer.abort_transaction(txn.timeout) {
+                    Ok(()) => {
+                        drop(txn);
+                        self.rewind(consumer);
+                        return;
+                    }
+                    Err(e) => format!("aborting a transaction failed: {e} (after: {reason})"),
+                }
+            }
+        };
+        tracing::error!(service = %self.service, error = %reason, "exactly-once delivery cannot go on; stopping");
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// After an aborted transaction: every assigned partition starts again from its last
+    /// committed offset, with saga state and handled markers reloaded from what was committed.
+    /// Work in flight belongs to the old epoch and is ignored when it finishes.
+    fn rewind(&self, consumer: &BaseConsumer<Self>) {
+        let assigned: Vec<PartitionKey> = {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<PartitionKey> = book.offsets.iter().map(|(k, _)| k.clone()).collect();
+            for (t, p) in &keys {
+                book.offsets.assign(t, *p);
+            }
+            keys
+        };
+        let known = match &self.txn {
+            Some(txn) => {
+                let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+                for (t, p) in &assigned {
+                    txn.book.forget(t, *p);
+                }
+                txn.committed.clone()
+            }
+            None => HashMap::new(),
+        };
+        let mut ask = TopicPartitionList::new();
+        for key in assigned.iter().filter(|k| !known.contains_key(*k)) {
+            ask.add_partition(&key.0, key.1);
+        }
+        let mut from_broker: HashMap<PartitionKey, i64> = HashMap::new();
+        if ask.count() > 0 {
+            match consumer.committed_offsets(ask, self.config.connect_timeout) {
+                Ok(list) => {
+                    for e in list.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            from_broker.insert((e.topic().to_owned(), e.partition()), o);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %e, "reading committed offsets failed")
+                }
+            }
+        }
+        for key in &assigned {
+            let offset = known
+                .get(key)
+                .or_else(|| from_broker.get(key))
+                .map(|o| Offset::Offset(*o))
+                .unwrap_or(Offset::Beginning);
+            if let Err(e) = consumer.seek(&key.0, key.1, offset, self.config.connect_timeout) {
+                tracing::warn!(service = %self.service, topic = %key.0, partition = key.1, error = %e, "seeking back after an abort failed");
+            }
+        }
+        let mut numbers: Vec<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        self.restore(&numbers, true);
+        tracing::info!(service = %self.service, partitions = ?assigned, "rewound to the last committed offsets");
+    }
+
+    /// Stores every advanced watermark for the next commit (at-least-once).
     fn store_pending(&self, consumer: &BaseConsumer<Self>) {
+        if self.txn.is_some() {
+            return;
+        }
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         let mut tpl = TopicPartitionList::new();
         let mut stored = Vec::new();
@@ -1423,16 +1979,64 @@ impl RuntimeContext {
 }
 
 impl ConsumerThread {
+    fn exactly_once(&self) -> bool {
+        self.options.delivery == Delivery::ExactlyOnce
+    }
+
+    /// The transactional producer of this instance: `transactional.id` = `<group>.<instance>`,
+    /// so a restarted instance with the same ID fences its predecessor and aborts what it left
+    /// open.
+    fn transactions(&self) -> Result<Transactions, ServiceError> {
+        let mut cc = producer_config(&self.config);
+        if !self
+            .config
+            .properties()
+            .contains_key("transaction.timeout.ms")
+        {
+            cc.set("transaction.timeout.ms", "10000");
+        }
+        let id = format!("{}.{}", self.group, self.instance);
+        cc.set("transactional.id", &id);
+        let producer: ThreadedProducer<DefaultProducerContext> = cc
+            .create()
+            .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+        let timeout = self.config.connect_timeout.max(Duration::from_secs(30));
+        producer
+            .init_transactions(timeout)
+            .map_err(|e| ServiceError::Transactions {
+                service: self.service.to_string(),
+                reason: format!("initialising transactions (transactional.id `{id}`): {e}"),
+            })?;
+        tracing::info!(service = %self.service, transactional_id = %id, "exactly-once: transactions initialised");
+        Ok(Transactions {
+            producer,
+            book: TxnBook::default(),
+            committed: HashMap::new(),
+            last_commit: Instant::now(),
+            interval: self.options.commit_interval,
+            timeout,
+        })
+    }
+
     fn consumer(&self, ctx: RuntimeContext) -> Result<BaseConsumer<RuntimeContext>, ServiceError> {
         let mut cc = self.config.client_config();
+        // `range` gives one instance the same partition numbers of every topic, which per-saga
+        // state needs; otherwise cooperative rebalancing moves only the partitions that move.
+        let strategy = if self.saga_state.is_some() {
+            "range"
+        } else {
+            "cooperative-sticky"
+        };
         let defaults = [
-            ("partition.assignment.strategy", "range"),
+            ("partition.assignment.strategy", strategy),
             ("auto.commit.interval.ms", "1000"),
             ("queued.max.messages.kbytes", "16384"),
             ("auto.offset.reset", "earliest"),
             // A subscribed topic the first metadata answer missed (just created) is found
             // within seconds, not after librdkafka's default 5 minutes.
             ("topic.metadata.refresh.interval.ms", "5000"),
+            // Consumer lag in the log.
+            ("statistics.interval.ms", "30000"),
         ];
         for (k, v) in defaults {
             if !self.config.properties().contains_key(k) {
@@ -1440,9 +2044,15 @@ impl ConsumerThread {
             }
         }
         cc.set("group.id", &self.group)
-            .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("allow.auto.create.topics", "false");
+        if self.exactly_once() {
+            // Offsets go with the transactions; aborted records are never read.
+            cc.set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+        } else {
+            cc.set("enable.auto.commit", "true");
+        }
         let consumer: BaseConsumer<RuntimeContext> = cc
             .create_with_context(ctx)
             .map_err(|e| ServiceError::Kafka(e.to_string()))?;
@@ -1458,28 +2068,49 @@ impl ConsumerThread {
         jobs: mpsc::UnboundedSender<Job>,
         done: std_mpsc::Receiver<Completion>,
     ) -> Result<(), ServiceError> {
+        let txn = if self.exactly_once() {
+            Some(Mutex::new(self.transactions()?))
+        } else {
+            None
+        };
         let ctx = RuntimeContext {
             service: self.service.clone(),
+            config: self.config.clone(),
             book: Mutex::new(Book {
                 offsets: OffsetBook::default(),
                 paused: HashSet::new(),
             }),
             completions: Mutex::new(done),
             revoke_grace: self.options.revoke_grace,
-            saga_state: self
-                .saga_state
-                .clone()
-                .map(|(t, s)| (t, s, self.config.clone())),
+            saga_state: self.saga_state.clone(),
+            handled_log: self.handled_log.clone(),
+            txn,
+            fatal: Mutex::new(None),
             ready: self.ready.clone(),
         };
         let consumer = self.consumer(ctx)?;
         let max = self.options.max_in_flight_per_partition.max(1);
         let mut draining_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
+        let mut seq = 0u64;
+        let mut failed: Option<String> = None;
         loop {
             let ctx = consumer.context();
             ctx.absorb_completions(None);
             ctx.store_pending(&consumer);
+            if let Some(txn) = &ctx.txn {
+                let due = txn
+                    .lock()
+                    .map(|t| t.last_commit.elapsed() >= t.interval)
+                    .unwrap_or(true);
+                if due {
+                    ctx.transact(&consumer);
+                }
+            }
+            if let Some(reason) = ctx.fatal.lock().ok().and_then(|f| f.clone()) {
+                failed = Some(reason);
+                break;
+            }
             self.resume_drained(&consumer, max);
 
             if self.control.abandon.load(Ordering::SeqCst) {
@@ -1542,6 +2173,14 @@ impl ConsumerThread {
                     let Some(epoch) = book.offsets.start(&topic, partition, offset) else {
                         continue;
                     };
+                    seq += 1;
+                    if let Some(txn) = &ctx.txn {
+                        let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+                        txn.book.start(seq, &topic, partition, offset, epoch);
+                        if unhandled {
+                            txn.book.finish(seq, partition, epoch, Vec::new());
+                        }
+                    }
                     if unhandled {
                         // Not ours to handle: the offset simply advances.
                         book.offsets.finish(&topic, partition, offset, epoch);
@@ -1563,13 +2202,20 @@ impl ConsumerThread {
                         }
                     }
                     drop(book);
-                    if jobs
-                        .send(Job {
-                            message: message.detach(),
-                            epoch,
-                        })
-                        .is_err()
-                    {
+                    let job = Job {
+                        message: message.detach(),
+                        epoch,
+                        seq,
+                        state_generation: ctx
+                            .saga_state
+                            .as_ref()
+                            .and_then(|(_, s)| s.generation(partition)),
+                        handled_generation: ctx
+                            .handled_log
+                            .as_ref()
+                            .and_then(|(_, l)| l.generation(partition)),
+                    };
+                    if jobs.send(job).is_err() {
                         break;
                     }
                 }
@@ -1578,19 +2224,21 @@ impl ConsumerThread {
         // Final commit of finished work, then leave the group (blocking; on this thread).
         let ctx = consumer.context();
         ctx.absorb_completions(None);
-        ctx.store_pending(&consumer);
-        if !self.control.abandon.load(Ordering::SeqCst) {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(())
-                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    tracing::warn!(service = %self.service, error = %e, "final commit failed")
-                }
-            }
+        if self.control.abandon.load(Ordering::SeqCst) {
+            // Only finished work is stored (at-least-once), so closing commits only that.
+            ctx.store_pending(&consumer);
+        } else if failed.is_none() {
+            ctx.commit(&consumer);
         }
         consumer.unsubscribe();
         drop(consumer);
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(reason) => Err(ServiceError::Transactions {
+                service: self.service.to_string(),
+                reason,
+            }),
+        }
     }
 
     fn resume_drained(&self, consumer: &BaseConsumer<RuntimeContext>, max: usize) {

@@ -17,8 +17,10 @@
 //! ```
 //!
 //! `outcome` is `handled`, `retried` (one record per failed attempt that will be retried),
-//! `dead-lettered` (with `error` and `dead_letter_reason`) or `skipped` (a structured-mode
-//! event of a type the service does not handle). Records the consumer skips by their
+//! `dead-lettered` (with `error` and `dead_letter_reason`), `skipped` (a structured-mode
+//! event of a type the service does not handle) or `duplicate` (a redelivered event the
+//! service had handled already: acknowledged without running the handler, see
+//! [`crate::idempotency`]). Records the consumer skips by their
 //! `ce_type` header without reading them are not logged.
 
 use chrono::{DateTime, Utc};
@@ -37,6 +39,8 @@ pub enum StepOutcome {
     Retried,
     DeadLettered,
     Skipped,
+    /// Already handled (a redelivery): acknowledged without running the handler.
+    Duplicate,
 }
 
 /// The input event of a step: what it was and where it was read.

@@ -20,35 +20,56 @@
 //!   (duplicates that `(ce_source, ce_id)` identifies), never different ones.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 use crate::config::KafkaConfig;
+use crate::record::{read_partition, ReadFrom};
 
 /// The sagas of one partition: correlation ID (record key) → state.
 type PartitionSagas = HashMap<Vec<u8>, serde_json::Value>;
 
 /// The state of every saga in the partitions this instance owns, by partition number.
+///
+/// Each load of a partition gets a new *generation*; a write names the generation it was
+/// dispatched under and is ignored when the partition was dropped or reloaded since (work of a
+/// revoked partition, or of a transaction that was aborted, never leaks into memory).
 #[derive(Clone, Default)]
 pub(crate) struct SagaStore {
-    inner: Arc<Mutex<HashMap<i32, PartitionSagas>>>,
+    inner: Arc<Mutex<HashMap<i32, (u64, PartitionSagas)>>>,
+    next_generation: Arc<AtomicU64>,
 }
 
 impl SagaStore {
     pub(crate) fn get(&self, partition: i32, key: &[u8]) -> Option<serde_json::Value> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&partition).and_then(|p| p.get(key)).cloned()
+        map.get(&partition).and_then(|(_, p)| p.get(key)).cloned()
     }
 
-    /// Updates a saga of a loaded partition (a partition revoked meanwhile is left alone).
-    pub(crate) fn put(&self, partition: i32, key: &[u8], value: Option<serde_json::Value>) {
+    /// The generation of a loaded partition.
+    pub(crate) fn generation(&self, partition: i32) -> Option<u64> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&partition).map(|(g, _)| *g)
+    }
+
+    /// Updates a saga of a loaded partition, if it is still the given generation.
+    pub(crate) fn put(
+        &self,
+        partition: i32,
+        generation: Option<u64>,
+        key: &[u8],
+        value: Option<serde_json::Value>,
+    ) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = map.get_mut(&partition) else {
+        let Some((g, p)) = map.get_mut(&partition) else {
             return;
         };
+        if Some(*g) != generation {
+            return;
+        }
         match value {
             Some(v) => {
                 p.insert(key.to_vec(), v);
@@ -69,11 +90,17 @@ impl SagaStore {
         map.remove(&partition);
     }
 
+    fn load(&self, partition: i32, sagas: PartitionSagas) {
+        let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(partition, (generation, sagas));
+    }
+
     /// Number of sagas held for a partition.
     #[cfg(test)]
     pub(crate) fn len(&self, partition: i32) -> usize {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&partition).map(HashMap::len).unwrap_or(0)
+        map.get(&partition).map(|(_, p)| p.len()).unwrap_or(0)
     }
 
     /// Reads changelog partition `partition` to its end into memory (blocking), retrying a
@@ -106,61 +133,30 @@ impl SagaStore {
         partition: i32,
         timeout: Duration,
     ) -> Result<usize, String> {
-        let consumer: BaseConsumer = config
-            .client_config()
-            .set("group.id", "choreograph-saga-state-restore")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create()
-            .map_err(|e| e.to_string())?;
-        let (low, high) = consumer
-            .fetch_watermarks(changelog, partition, timeout)
-            .map_err(|e| format!("watermarks of {changelog}[{partition}]: {e}"))?;
         let mut sagas: HashMap<Vec<u8>, serde_json::Value> = HashMap::new();
-        let mut records = 0usize;
-        if high > low {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(changelog, partition, Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-            consumer.assign(&tpl).map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + timeout;
-            loop {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "restoring {changelog}[{partition}] took longer than {timeout:?}"
-                    ));
-                }
-                match consumer.poll(Duration::from_millis(100)) {
-                    None => {}
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => tracing::debug!(error = %e, "changelog restore"),
-                    Some(Ok(m)) => {
-                        records += 1;
-                        if let Some(key) = m.key() {
-                            match m.payload().map(serde_json::from_slice::<serde_json::Value>) {
-                                Some(Ok(v)) => {
-                                    sagas.insert(key.to_vec(), v);
-                                }
-                                None => {
-                                    sagas.remove(key);
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(changelog, partition, offset = m.offset(), error = %e, "unreadable saga state record skipped");
-                                }
-                            }
-                        }
-                        if m.offset() + 1 >= high {
-                            break;
-                        }
+        let records = read_partition(
+            config,
+            changelog,
+            partition,
+            ReadFrom::Beginning,
+            timeout,
+            |m| {
+                let Some(key) = m.key() else { return };
+                match m.payload().map(serde_json::from_slice::<serde_json::Value>) {
+                    Some(Ok(v)) => {
+                        sagas.insert(key.to_vec(), v);
+                    }
+                    None => {
+                        sagas.remove(key);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(changelog, partition, offset = m.offset(), error = %e, "unreadable saga state record skipped");
                     }
                 }
-            }
-        }
+            },
+        )?;
         let n = sagas.len();
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(partition, sagas);
-        drop(map);
+        self.load(partition, sagas);
         tracing::debug!(
             changelog,
             partition,
@@ -231,15 +227,19 @@ mod tests {
     #[test]
     fn store_by_partition() {
         let s = SagaStore::default();
-        s.put(1, b"k", Some(serde_json::json!(5)));
+        s.put(1, Some(1), b"k", Some(serde_json::json!(5)));
         assert!(!s.is_loaded(1), "not owned: not written");
-        s.inner.lock().unwrap().insert(1, HashMap::new());
-        s.put(1, b"k", Some(serde_json::json!(5)));
+        s.load(1, HashMap::new());
+        let g = s.generation(1);
+        s.put(1, g, b"k", Some(serde_json::json!(5)));
         assert!(s.is_loaded(1));
         assert_eq!(s.get(1, b"k"), Some(serde_json::json!(5)));
         assert_eq!(s.get(2, b"k"), None);
-        s.put(1, b"k", None);
+        s.put(1, g, b"k", None);
         assert_eq!(s.len(1), 0);
+        s.load(1, HashMap::new());
+        s.put(1, g, b"k", Some(serde_json::json!(6)));
+        assert_eq!(s.len(1), 0, "a write of an older generation is ignored");
         s.drop_partition(1);
         assert!(!s.is_loaded(1));
     }

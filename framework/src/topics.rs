@@ -44,6 +44,8 @@ pub struct TopicSpec {
     pub partitions: Option<i32>,
     /// `cleanup.policy=compact` (changelogs).
     pub compacted: bool,
+    /// `retention.ms` (default: the broker's).
+    pub retention_ms: Option<i64>,
 }
 
 /// Finds and creates topics, remembering the ones known to exist.
@@ -165,6 +167,10 @@ impl Topics {
         if spec.compacted {
             new = new.set("cleanup.policy", "compact");
         }
+        let retention = spec.retention_ms.map(|ms| ms.to_string());
+        if let Some(ms) = &retention {
+            new = new.set("retention.ms", ms);
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
         let started = Instant::now();
         let results = tokio::time::timeout(
@@ -201,7 +207,7 @@ impl Topics {
         }
         tracing::info!(
             topic,
-            partitions = settings.partitions,
+            partitions,
             replication_factor = settings.replication_factor,
             "created topic"
         );

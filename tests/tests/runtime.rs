@@ -144,6 +144,7 @@ fn fast_options() -> ServiceOptions {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
+            retry_kinds: None,
         },
         ..Default::default()
     }
@@ -669,6 +670,7 @@ async fn saga_state_refuses_topics_with_unequal_partition_counts() {
         let spec = choreograph::topics::TopicSpec {
             partitions: Some(partitions),
             compacted: false,
+            ..Default::default()
         };
         topics
             .ensure_spec(&config.topic(topic), &spec)

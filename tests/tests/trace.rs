@@ -536,6 +536,7 @@ async fn murmur2_agrees_with_where_librdkafka_put_the_records() {
             &choreograph::topics::TopicSpec {
                 partitions: Some(7),
                 compacted: false,
+                ..Default::default()
             },
         )
         .await

@@ -255,6 +255,7 @@ fn outcome_word(color: bool, o: StepOutcome) -> String {
         StepOutcome::Retried => ("retried", "33"),
         StepOutcome::DeadLettered => ("dead-lettered", "31"),
         StepOutcome::Skipped => ("skipped", "2"),
+        StepOutcome::Duplicate => ("duplicate", "2"),
     };
     paint(color, code, word)
 }
@@ -317,6 +318,7 @@ pub fn render_text(t: &SagaTrace, color: bool) -> String {
                         StepOutcome::Retried => paint(color, "33", "↻"),
                         StepOutcome::DeadLettered => paint(color, "31", "✗"),
                         StepOutcome::Skipped => paint(color, "2", "-"),
+                        StepOutcome::Duplicate => paint(color, "2", "="),
                     };
                     seen.push(format!("{} {word} {}", h.service, ms(h.duration_ms)));
                 }

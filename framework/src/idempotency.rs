@@ -1,0 +1,246 @@
+//! Idempotent handling: a service remembers which events it handled, by `(ce_source, ce_id)`,
+//! so a redelivered event is acknowledged without running its handler again.
+//!
+//! - On by default ([`Idempotency`] in [`ServiceOptions`](crate::runtime::ServiceOptions);
+//!   `None` turns it off).
+//! - Durable in Kafka, next to the per-saga state: after an event's follow-up events and its saga
+//!   state are acknowledged, a marker record (key = `ce_id`, value = `ce_source`) is written to
+//!   the service's topic `<prefix><service>.handled`, to the *same partition number* as the input
+//!   record, before the input offset is committed. In exactly-once mode the marker is part of the
+//!   transaction. When a partition is assigned, its markers are read back (before any of its
+//!   records is handled), so the next owner of a partition knows what the last one finished.
+//! - Bounded: per partition, the markers of the last [`Idempotency::window`] (default 1 hour)
+//!   and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest forgotten
+//!   first; held in memory as 64-bit fingerprints (about 30 bytes each). The topic keeps
+//!   markers for the window (`retention.ms`), so a restore reads at most that many.
+//! - Only handled events are remembered: a dead-lettered event is not, so `choreograph dlq
+//!   replay` runs it again.
+//! - What it cannot absorb: a crash after a handler's follow-up events were written but before
+//!   its marker was — the handler runs again (emitting the same `ce_id`s, see
+//!   [`derived_event_id`](crate::envelope::derived_event_id)). Exactly-once mode closes that gap.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::Message;
+
+use crate::config::KafkaConfig;
+use crate::record::{read_partition, ReadFrom};
+
+/// How long and how many handled events a service remembers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// How long a handled event is remembered (default 1 hour).
+    pub window: Duration,
+    /// At most this many handled events are remembered per partition (default 20,000).
+    pub max_per_partition: usize,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(3600),
+            max_per_partition: 20_000,
+        }
+    }
+}
+
+/// The handled events of one partition: fingerprints, and their order for forgetting.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<u64>,
+    order: VecDeque<(u64, i64)>,
+}
+
+impl Seen {
+    fn insert(&mut self, fingerprint: u64, at_ms: i64) {
+        if self.set.insert(fingerprint) {
+            self.order.push_back((fingerprint, at_ms));
+        }
+    }
+
+    fn forget_old(&mut self, settings: &Idempotency, now_ms: i64) {
+        let oldest = now_ms - settings.window.as_millis() as i64;
+        while let Some(&(f, at)) = self.order.front() {
+            if self.order.len() <= settings.max_per_partition && at >= oldest {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&f);
+        }
+    }
+}
+
+fn fingerprint(source: &str, id: &str) -> u64 {
+    // SipHash with fixed keys: the same fingerprint in every process.
+    let mut h = DefaultHasher::new();
+    source.hash(&mut h);
+    id.hash(&mut h);
+    h.finish()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The handled events of every partition this instance owns, by partition number.
+/// Loads of a partition have generations, as in [`SagaStore`](crate::saga_state): a write of
+/// an older generation is ignored.
+#[derive(Clone)]
+pub(crate) struct HandledLog {
+    inner: Arc<Mutex<HashMap<i32, (u64, Seen)>>>,
+    next_generation: Arc<AtomicU64>,
+    settings: Idempotency,
+}
+
+impl HandledLog {
+    pub(crate) fn new(settings: Idempotency) -> Self {
+        Self {
+            inner: Arc::default(),
+            next_generation: Arc::default(),
+            settings,
+        }
+    }
+
+    /// Whether the event was handled already (in this partition's window).
+    pub(crate) fn contains(&self, partition: i32, source: &str, id: &str) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&partition)
+            .is_some_and(|(_, s)| s.set.contains(&fingerprint(source, id)))
+    }
+
+    /// The generation of a loaded partition.
+    pub(crate) fn generation(&self, partition: i32) -> Option<u64> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&partition).map(|(g, _)| *g)
+    }
+
+    /// Remembers a handled event (in a partition this instance owns, still the generation).
+    pub(crate) fn insert(&self, partition: i32, generation: Option<u64>, source: &str, id: &str) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, seen)) = map
+            .get_mut(&partition)
+            .filter(|(g, _)| Some(*g) == generation)
+        {
+            let now = now_ms();
+            seen.insert(fingerprint(source, id), now);
+            seen.forget_old(&self.settings, now);
+        }
+    }
+
+    pub(crate) fn is_loaded(&self, partition: i32) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(&partition)
+    }
+
+    pub(crate) fn drop_partition(&self, partition: i32) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&partition);
+    }
+
+    /// Reads the markers of partition `partition` of `topic` (the window's, at most
+    /// `max_per_partition` of them) into memory (blocking).
+    pub(crate) fn restore(
+        &self,
+        config: &KafkaConfig,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<usize, String> {
+        let now = now_ms();
+        let since = now - self.settings.window.as_millis() as i64;
+        let mut seen = Seen::default();
+        read_partition(
+            config,
+            topic,
+            partition,
+            ReadFrom::Since {
+                time_ms: since,
+                at_most: self.settings.max_per_partition,
+            },
+            timeout,
+            |m| {
+                let at = m.timestamp().to_millis().unwrap_or(now);
+                if let (Some(id), Some(source)) = (m.key(), m.payload()) {
+                    if let (Ok(id), Ok(source)) =
+                        (std::str::from_utf8(id), std::str::from_utf8(source))
+                    {
+                        seen.insert(fingerprint(source, id), at);
+                    }
+                }
+            },
+        )?;
+        seen.forget_old(&self.settings, now);
+        let n = seen.set.len();
+        self.load(partition, seen);
+        Ok(n)
+    }
+
+    fn load(&self, partition: i32, seen: Seen) {
+        let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(partition, (generation, seen));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_per_partition_and_forgets_beyond_the_bound() {
+        let log = HandledLog::new(Idempotency {
+            window: Duration::from_secs(3600),
+            max_per_partition: 3,
+        });
+        log.insert(0, Some(1), "/s", "a");
+        assert!(
+            !log.contains(0, "/s", "a"),
+            "a partition not owned is not written"
+        );
+        log.load(0, Seen::default());
+        let g = log.generation(0);
+        for id in ["a", "b", "c"] {
+            log.insert(0, g, "/s", id);
+        }
+        assert!(log.contains(0, "/s", "a"));
+        assert!(
+            !log.contains(0, "/other", "a"),
+            "the source is part of the key"
+        );
+        assert!(!log.contains(1, "/s", "a"));
+        log.insert(0, g, "/s", "d");
+        assert!(!log.contains(0, "/s", "a"), "the oldest is forgotten first");
+        assert!(log.contains(0, "/s", "d") && log.contains(0, "/s", "b"));
+        log.insert(0, g, "/s", "d");
+        assert!(
+            log.contains(0, "/s", "b"),
+            "a repeat does not push others out"
+        );
+        log.load(0, Seen::default());
+        log.insert(0, g, "/s", "e");
+        assert!(
+            !log.contains(0, "/s", "e"),
+            "a write of an older generation is ignored"
+        );
+        log.drop_partition(0);
+        assert!(!log.contains(0, "/s", "d"));
+    }
+
+    #[test]
+    fn forgets_beyond_the_window() {
+        let settings = Idempotency {
+            window: Duration::from_secs(10),
+            max_per_partition: 100,
+        };
+        let mut seen = Seen::default();
+        seen.insert(1, 1_000);
+        seen.insert(2, 15_000);
+        seen.forget_old(&settings, 20_000);
+        assert!(!seen.set.contains(&1) && seen.set.contains(&2));
+    }
+}
