@@ -45,6 +45,9 @@ pub fn read_to_end(
         .client_config()
         .set("group.id", "choreograph-dlq-reader")
         .set("enable.auto.commit", "false")
+        // The end of a partition written with transactions is a commit marker, which is never
+        // delivered: the end-of-partition event says when the reader got there.
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(|e| e.to_string())?;
     let metadata = consumer
@@ -87,13 +90,19 @@ pub fn read_to_end(
         if Instant::now() > deadline {
             return Err(format!("reading `{topic}` took longer than {timeout:?}"));
         }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(end) = ends.get(&m.partition()) {
-                if m.offset() + 1 >= *end {
-                    ends.remove(&m.partition());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(end) = ends.get(&m.partition()) {
+                    if m.offset() + 1 >= *end {
+                        ends.remove(&m.partition());
+                    }
                 }
+                out.push(m.detach());
             }
-            out.push(m.detach());
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+            }
+            _ => {}
         }
     }
     out.sort_by_key(|m| (m.partition(), m.offset()));

@@ -899,6 +899,9 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             }
         };
         workers.abort_all();
+        if let Err(e) = &result {
+            tracing::error!(service = %self.name, error = %e, "service failed");
+        }
         let producer = self.producer.clone();
         let flush =
             tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
@@ -1658,15 +1661,19 @@ struct RuntimeContext {
 }
 
 impl ClientContext for RuntimeContext {
-    /// Consumer lag and assignment, every `statistics.interval.ms` (default 30 s).
+    /// Consumer lag per assigned partition, every `statistics.interval.ms` (default 30 s): at
+    /// `info` when there is any, else at `debug`.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lags = Vec::new();
         let mut total = 0i64;
         for (name, topic) in &statistics.topics {
             for (p, partition) in &topic.partitions {
-                if *p >= 0 && partition.consumer_lag >= 0 && partition.fetch_state == "active" {
-                    total += partition.consumer_lag;
-                    lags.push(format!("{name}[{p}]={}", partition.consumer_lag));
+                // Records up to the last stable offset (what read_committed can read) not yet
+                // taken by the runtime.
+                if *p >= 0 && partition.app_offset >= 0 && partition.fetch_state == "active" {
+                    let lag = (partition.ls_offset - partition.app_offset).max(0);
+                    total += lag;
+                    lags.push(format!("{name}[{p}]={lag}"));
                 }
             }
         }
@@ -1679,7 +1686,11 @@ impl ClientContext for RuntimeContext {
             .lock()
             .map(|b| b.offsets.total_in_flight())
             .unwrap_or(0);
-        tracing::info!(service = %self.service, lag = total, in_flight, partitions = %lags.join(" "), "consumer lag");
+        if total > 0 {
+            tracing::info!(service = %self.service, lag = total, in_flight, partitions = %lags.join(" "), "consumer lag");
+        } else {
+            tracing::debug!(service = %self.service, in_flight, partitions = %lags.join(" "), "consumer lag: none");
+        }
     }
 }
 
@@ -1988,13 +1999,18 @@ impl ConsumerThread {
     /// open.
     fn transactions(&self) -> Result<Transactions, ServiceError> {
         let mut cc = producer_config(&self.config);
-        if !self
-            .config
-            .properties()
-            .contains_key("transaction.timeout.ms")
-        {
-            cc.set("transaction.timeout.ms", "10000");
-        }
+        // A transaction left open by a crashed instance blocks read_committed readers of its
+        // partitions until this runs out (or the instance restarts with the same ID).
+        let txn_timeout: u64 = match self.config.properties().get("transaction.timeout.ms") {
+            Some(v) => v.parse().unwrap_or(10_000),
+            None => {
+                cc.set("transaction.timeout.ms", "10000");
+                10_000
+            }
+        };
+        // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+        let message_timeout = (self.config.delivery_timeout.as_millis() as u64).min(txn_timeout);
+        cc.set("message.timeout.ms", message_timeout.to_string());
         let id = format!("{}.{}", self.group, self.instance);
         cc.set("transactional.id", &id);
         let producer: ThreadedProducer<DefaultProducerContext> = cc

@@ -834,3 +834,278 @@ async fn a_dead_letter_is_replayed_once_after_the_fix() {
     t.await.unwrap().unwrap();
     assert_eq!(probe.duplicates(), 0);
 }
+
+/// Steps of the saga log (all services of this test's topics).
+async fn saga_log_steps(config: &KafkaConfig) -> Vec<choreograph::saga_log::Step> {
+    let topic = config.topic(choreograph::saga_log::DEFAULT_TOPIC);
+    let (config, topic) = (config.clone(), topic);
+    tokio::task::spawn_blocking(move || {
+        testkit::read_to_end(&config, &topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .iter()
+    .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+    .collect()
+}
+
+/// Writes `record` again as it is: same partition, key, value and headers (the same event,
+/// redelivered).
+async fn produce_again(config: &KafkaConfig, record: &OwnedMessage) {
+    let producer: FutureProducer = config.client_config().create().unwrap();
+    let mut r = FutureRecord::<[u8], [u8]>::to(record.topic()).partition(record.partition());
+    r.key = record.key();
+    r.payload = record.payload();
+    r.headers = record.headers().cloned();
+    producer.send(r, Duration::from_secs(30)).await.unwrap();
+}
+
+async fn count_steps(
+    config: &KafkaConfig,
+    event_id: &str,
+    outcome: choreograph::saga_log::StepOutcome,
+) -> usize {
+    saga_log_steps(config)
+        .await
+        .iter()
+        .filter(|s| s.service == "svc1" && s.input.id == event_id && s.outcome == outcome)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_redelivered_event_runs_its_handler_once_even_after_a_restart() {
+    use choreograph::saga_log::StepOutcome::Duplicate;
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(0);
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    let published = publisher
+        .start_saga(&Started { n: 1, seq: 0 })
+        .await
+        .unwrap();
+    let id = published.event_id.clone();
+    let original = read_events(&config, Started::TOPIC, 1).await.remove(0);
+    // The same event twice more (what an upstream crash between write and commit produces).
+    produce_again(&config, &original).await;
+    produce_again(&config, &original).await;
+
+    let run = |options: ServiceOptions| {
+        let service = service1_with(&config, probe.clone(), options);
+        let h = service.shutdown_handle();
+        (
+            h,
+            tokio::spawn(service.run_until(futures::future::pending())),
+        )
+    };
+    let (h, t) = run(fast_options());
+    let mut waited = 0;
+    while count_steps(&config, &id, Duplicate).await < 2 {
+        waited += 1;
+        assert!(
+            waited < 300,
+            "the two redeliveries were not acknowledged as duplicates"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(
+        probe.runs.lock().unwrap()[&id],
+        1,
+        "one run for three deliveries"
+    );
+
+    // A new instance (empty memory) learns what was handled from the handled topic.
+    produce_again(&config, &original).await;
+    let (h, t) = run(fast_options());
+    while count_steps(&config, &id, Duplicate).await < 3 {
+        waited += 1;
+        assert!(
+            waited < 300,
+            "the redelivery after a restart was not acknowledged as a duplicate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(
+        probe.runs.lock().unwrap()[&id],
+        1,
+        "still one run after a restart"
+    );
+
+    // The control: with idempotency off the handler runs again.
+    produce_again(&config, &original).await;
+    let (h, t) = run(ServiceOptions {
+        idempotency: None,
+        ..fast_options()
+    });
+    wait_for("the handler run again with idempotency off", || {
+        probe.runs.lock().unwrap()[&id] == 2
+    })
+    .await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(
+        count_steps(&config, &id, choreograph::saga_log::StepOutcome::Handled).await,
+        2
+    );
+}
+
+/// Fails with a retryable error: kind `timeout` for the first two attempts of `n == 1`, kind
+/// `bad-request` always for `n == 2`.
+async fn flaky(ctx: Context, e: Started) -> Result<Middle, HandlerError> {
+    match e.n {
+        1 if ctx.attempt() <= 2 => {
+            Err(HandlerError::retryable("upstream timed out").with_kind("timeout"))
+        }
+        2 => Err(HandlerError::retryable("upstream said 400").with_kind("bad-request")),
+        n => Ok(Middle {
+            n,
+            pad: String::new(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn a_handler_retry_policy_overrides_the_default_and_retries_only_listed_kinds() {
+    let config = testkit::isolated_config();
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    let one = publisher
+        .start_saga(&Started { n: 1, seq: 0 })
+        .await
+        .unwrap();
+    let two = publisher
+        .start_saga(&Started { n: 2, seq: 0 })
+        .await
+        .unwrap();
+    let service = Service::builder("svc1")
+        // The service default would not retry at all.
+        .retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .handle_with_retry(
+            flaky,
+            RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                retry_kinds: Some(vec!["timeout".into()]),
+            },
+        )
+        .build(&config)
+        .unwrap();
+    let h = service.shutdown_handle();
+    let t = tokio::spawn(service.run_until(futures::future::pending()));
+    wait_for_outputs(&config, &[one.correlation_id]).await;
+    let outputs = read_all_events(&config, Middle::TOPIC).await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        decode_message(&outputs[0]).unwrap().0.correlation_id,
+        one.correlation_id,
+        "n = 1 succeeded on its third attempt"
+    );
+    let letters = read_topic(
+        &config,
+        &format!("{}.dlq", config.topic(Started::TOPIC)),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        decode_message(letter).unwrap().0.correlation_id,
+        two.correlation_id
+    );
+    assert_eq!(
+        header(letter, dlq::REASON).as_deref(),
+        Some("handler-failed")
+    );
+    assert_eq!(
+        header(letter, dlq::ATTEMPTS).as_deref(),
+        Some("1"),
+        "a kind the policy does not list is not retried"
+    );
+    assert!(header(letter, dlq::ERROR).unwrap().contains("bad-request"));
+    let retried = count_steps(
+        &config,
+        &one.event_id,
+        choreograph::saga_log::StepOutcome::Retried,
+    )
+    .await;
+    assert_eq!(retried, 2, "two failed attempts of n = 1 logged as retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn exactly_once_a_crash_leaves_no_duplicate_outputs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        choreograph::runtime::init_logging("info");
+    }
+    let config = testkit::isolated_config();
+    let probe = Probe::with_delay(200);
+    let sagas = start_sagas(&config, 300, 1).await;
+    let eos = |options: ServiceOptions| ServiceOptions {
+        delivery: choreograph::runtime::Delivery::ExactlyOnce,
+        instance_id: Some("svc1-a".into()),
+        ..options
+    };
+
+    let first = tokio::spawn(
+        service1_with(&config, probe.clone(), eos(throttled()))
+            .run_until(futures::future::pending()),
+    );
+    wait_for("a third of the sagas handled", || probe.handled() >= 100).await;
+    // A crash: the runtime is dropped mid-flight, with a transaction possibly half written.
+    first.abort();
+    let _ = first.await;
+    let handled_before = probe.handled();
+    assert!(handled_before < 300, "the crash happened with work left");
+
+    // The same instance ID again: it fences the old producer and aborts what it left open.
+    let second = service1_with(&config, probe.clone(), eos(fast_options()));
+    let h = second.shutdown_handle();
+    let t = tokio::spawn(second.run_until(futures::future::pending()));
+    wait_for("every saga handled", || probe.handled() == 300).await;
+    wait_for_outputs(&config, &sagas).await;
+    h.shutdown();
+    t.await.unwrap().unwrap();
+
+    // Read committed (the test kit's reader), as a downstream service would.
+    let outputs = read_all_events(&config, Middle::TOPIC).await;
+    let ids: HashSet<String> = outputs
+        .iter()
+        .map(|m| decode_message(m).unwrap().0.id)
+        .collect();
+    let done: HashSet<CorrelationId> = outputs
+        .iter()
+        .map(|m| decode_message(m).unwrap().0.correlation_id)
+        .collect();
+    eprintln!(
+        "exactly-once crash test: {} sagas, {} handled before the crash, {} handler re-runs, {} output records",
+        sagas.len(),
+        handled_before,
+        probe.duplicates(),
+        outputs.len()
+    );
+    for s in &sagas {
+        assert!(done.contains(s), "saga {s} lost");
+    }
+    assert_eq!(outputs.len(), sagas.len(), "no duplicate output record");
+    assert_eq!(ids.len(), sagas.len());
+    let steps = saga_log_steps(&config).await;
+    let handled_steps = steps
+        .iter()
+        .filter(|s| s.service == "svc1" && s.outcome == choreograph::saga_log::StepOutcome::Handled)
+        .count();
+    assert_eq!(
+        handled_steps,
+        sagas.len(),
+        "one committed saga-log step per event"
+    );
+}
