@@ -29,8 +29,13 @@
 //!   and only as part of the partition's contiguous finished prefix
 //!   ([`crate::delivery`]). A partition with too many records in flight is paused until work
 //!   drains (backpressure), so memory stays bounded.
-//! - On revoke, finished offsets are committed synchronously (after waiting briefly for
-//!   in-flight work of the revoked partitions); work that finishes later is not committed.
+//! - Redelivered events the service handled before are acknowledged without running the handler
+//!   ([`crate::idempotency`]).
+//! - Exactly-once ([`Delivery::ExactlyOnce`]): instead of being written as they come, what
+//!   handling an input produces is collected and written, with the input offsets, in one
+//!   transaction per commit interval, on the consumer thread ([`crate::delivery::TxnBook`]).
+//! - On revoke, finished work is committed (after waiting briefly for in-flight work of the
+//!   revoked partitions); work that finishes later is not committed.
 //! - Records that cannot be handled go to the dead-letter topic ([`crate::dead_letter`]);
 //!   retryable handler errors are retried with exponential backoff and jitter first; panics
 //!   are caught and dead-lettered.
@@ -2284,5 +2289,77 @@ impl ConsumerThread {
                 book.paused.remove(&key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(vars: &[(&str, &str)]) -> Result<ServiceOptions, String> {
+        let mut o = ServiceOptions::default();
+        o.apply_vars(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })?;
+        Ok(o)
+    }
+
+    #[test]
+    fn deployment_settings_from_the_environment() {
+        let o = apply(&[]).unwrap();
+        assert_eq!(o.delivery, Delivery::AtLeastOnce);
+        assert_eq!(o.idempotency, Some(Idempotency::default()));
+        let o = apply(&[
+            ("CHOREOGRAPH_DELIVERY", "exactly-once"),
+            ("CHOREOGRAPH_INSTANCE_ID", "coupon-0"),
+            ("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", "60"),
+            ("CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION", "500"),
+            ("CHOREOGRAPH_COMMIT_INTERVAL_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(o.delivery, Delivery::ExactlyOnce);
+        assert_eq!(o.instance_id.as_deref(), Some("coupon-0"));
+        assert_eq!(
+            o.idempotency,
+            Some(Idempotency {
+                window: Duration::from_secs(60),
+                max_per_partition: 500
+            })
+        );
+        assert_eq!(o.commit_interval, Duration::from_millis(250));
+        let o = apply(&[("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", "0")]).unwrap();
+        assert_eq!(o.idempotency, None, "0 turns it off");
+        for (k, v, says) in [
+            ("CHOREOGRAPH_DELIVERY", "twice", "at-least-once"),
+            ("CHOREOGRAPH_INSTANCE_ID", "a b", "letters"),
+            ("CHOREOGRAPH_COMMIT_INTERVAL_MS", "0", "from 1"),
+            (
+                "CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS",
+                "soon",
+                "whole number",
+            ),
+        ] {
+            let e = apply(&[(k, v)]).unwrap_err();
+            assert!(e.contains(k) && e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_policy_retries_only_the_listed_kinds() {
+        use crate::handler::HandlerError;
+        let all = RetryPolicy::default();
+        let some = RetryPolicy {
+            retry_kinds: Some(vec!["timeout".into()]),
+            ..RetryPolicy::default()
+        };
+        let timeout = HandlerError::retryable("slow").with_kind("timeout");
+        let other = HandlerError::retryable("no").with_kind("bad-request");
+        let unnamed = HandlerError::retryable("?");
+        assert!(all.retries(&timeout) && all.retries(&other) && all.retries(&unnamed));
+        assert!(some.retries(&timeout));
+        assert!(!some.retries(&other) && !some.retries(&unnamed));
+        assert!(!all.retries(&HandlerError::permanent("bug")));
     }
 }
