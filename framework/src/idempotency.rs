@@ -4,10 +4,11 @@
 //! - On by default ([`Idempotency`] in [`ServiceOptions`](crate::runtime::ServiceOptions);
 //!   `None` turns it off).
 //! - Durable in Kafka, next to the per-saga state: after an event's follow-up events and its saga
-//!   state are acknowledged, a marker record (key = `ce_id`, value = `ce_source`) is written to
-//!   the service's topic `<prefix><service>.handled`, to the *same partition number* as the input
-//!   record, before the input offset is committed. In exactly-once mode the marker is part of the
-//!   transaction. When a partition is assigned, its markers are read back (before any of its
+//!   state are acknowledged, it is recorded in the service's topic `<prefix><service>.handled`,
+//!   in the *same partition number* as the input record, before the input offset is committed.
+//!   A marker record's value is a JSON array of `[ce_source, ce_id]` pairs: the events handled
+//!   meanwhile in that partition share one record (one write per batch, not per event). In
+//!   exactly-once mode the marker is part of the transaction. When a partition is assigned, its markers are read back (before any of its
 //!   records is handled), so the next owner of a partition knows what the last one finished.
 //! - Bounded: per partition, the markers of the last [`Idempotency::window`] (default 1 hour)
 //!   and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest forgotten
@@ -26,7 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use rdkafka::Message;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::KafkaConfig;
 use crate::record::{read_partition, ReadFrom};
@@ -154,6 +158,7 @@ impl HandledLog {
         let now = now_ms();
         let since = now - self.settings.window.as_millis() as i64;
         let mut seen = Seen::default();
+        let settings = self.settings.clone();
         read_partition(
             config,
             topic,
@@ -165,16 +170,16 @@ impl HandledLog {
             timeout,
             |m| {
                 let at = m.timestamp().to_millis().unwrap_or(now);
-                if let (Some(id), Some(source)) = (m.key(), m.payload()) {
-                    if let (Ok(id), Ok(source)) =
-                        (std::str::from_utf8(id), std::str::from_utf8(source))
-                    {
-                        seen.insert(fingerprint(source, id), at);
-                    }
+                let pairs = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Vec<(&str, &str)>>(p).ok())
+                    .unwrap_or_default();
+                for (source, id) in pairs {
+                    seen.insert(fingerprint(source, id), at);
                 }
+                seen.forget_old(&settings, now);
             },
         )?;
-        seen.forget_old(&self.settings, now);
         let n = seen.set.len();
         self.load(partition, seen);
         Ok(n)
@@ -184,6 +189,93 @@ impl HandledLog {
         let generation = self.next_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(partition, (generation, seen));
+    }
+}
+
+/// The value of a marker record.
+pub(crate) fn marker_payload<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
+    serde_json::to_vec(&pairs).unwrap_or_default()
+}
+
+struct MarkRequest {
+    partition: i32,
+    source: String,
+    id: String,
+    done: oneshot::Sender<()>,
+}
+
+/// Writes markers in batches (at-least-once mode): whatever was handled while the previous batch
+/// was being written goes into one record per partition.
+#[derive(Clone)]
+pub(crate) struct MarkerWriter {
+    requests: mpsc::UnboundedSender<MarkRequest>,
+}
+
+/// At most this many events per marker record.
+const BATCH: usize = 1000;
+
+impl MarkerWriter {
+    /// Starts the writer task (it ends when every `MarkerWriter` is dropped).
+    pub(crate) fn spawn(producer: FutureProducer, topic: String, timeout: Duration) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<MarkRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let mut by_partition: HashMap<i32, Vec<&MarkRequest>> = HashMap::new();
+                for r in &batch {
+                    by_partition.entry(r.partition).or_default().push(r);
+                }
+                let writes = by_partition.into_iter().map(|(partition, reqs)| {
+                    let payload =
+                        marker_payload(reqs.iter().map(|r| (r.source.as_str(), r.id.as_str())));
+                    let (producer, topic) = (&producer, &topic);
+                    async move {
+                        let mut failures = 0u32;
+                        loop {
+                            let record = FutureRecord::<[u8], [u8]>::to(topic)
+                                .partition(partition)
+                                .payload(&payload);
+                            match producer.send(record, Timeout::After(timeout)).await {
+                                Ok(_) => return,
+                                Err((e, _)) => {
+                                    failures += 1;
+                                    tracing::warn!(%topic, partition, error = %e, attempt = failures, "writing handled markers failed; retrying (their inputs stay uncommitted)");
+                                    tokio::time::sleep(Duration::from_millis(
+                                        100 * u64::from(failures.min(50)),
+                                    ))
+                                    .await;
+                                }
+                            }
+                        }
+                    }
+                });
+                futures::future::join_all(writes).await;
+                for r in batch {
+                    let _ = r.done.send(());
+                }
+            }
+        });
+        Self { requests: tx }
+    }
+
+    /// Records a handled event; resolves once its marker is acknowledged (false: the writer is
+    /// gone, the service is stopping).
+    pub(crate) async fn mark(&self, partition: i32, source: &str, id: &str) -> bool {
+        let (done, wait) = oneshot::channel();
+        let request = MarkRequest {
+            partition,
+            source: source.to_owned(),
+            id: id.to_owned(),
+            done,
+        };
+        self.requests.send(request).is_ok() && wait.await.is_ok()
     }
 }
 
@@ -229,6 +321,19 @@ mod tests {
         );
         log.drop_partition(0);
         assert!(!log.contains(0, "/s", "d"));
+    }
+
+    #[test]
+    fn marker_records_carry_pairs() {
+        let p = marker_payload([("/services/a", "1"), ("/services/b", "x\ny")]);
+        let back: Vec<(String, String)> = serde_json::from_slice(&p).unwrap();
+        assert_eq!(
+            back,
+            [
+                ("/services/a".into(), "1".into()),
+                ("/services/b".into(), "x\ny".into())
+            ]
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ use crate::delivery::{OutRecord, TxnBook};
 use crate::envelope::{derived_event_id, headers, CloudEvent};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
-use crate::idempotency::{HandledLog, Idempotency};
+use crate::idempotency::{HandledLog, Idempotency, MarkerWriter};
 use crate::publish::{producer_config, record_headers};
 use crate::record::decode_message;
 use crate::saga_log::{Emitted, Step, StepInput, StepOutcome};
@@ -166,6 +166,9 @@ pub struct ServiceOptions {
     pub retry: RetryPolicy,
     /// Records in flight per partition before the partition is paused (default 1000).
     pub max_in_flight_per_partition: usize,
+    /// Records in flight in the whole instance before partitions are paused (default 10,000):
+    /// bounds memory whatever the number of partitions.
+    pub max_in_flight: usize,
     /// How long shutdown waits for in-flight work (default 30 s).
     pub shutdown_timeout: Duration,
     /// How long a revoke waits for in-flight work of the revoked partitions (default 5 s).
@@ -191,6 +194,7 @@ impl Default for ServiceOptions {
             instance_id: None,
             retry: RetryPolicy::default(),
             max_in_flight_per_partition: 1000,
+            max_in_flight: 10_000,
             shutdown_timeout: Duration::from_secs(30),
             revoke_grace: Duration::from_secs(5),
             dead_letter_suffix: ".dlq".to_owned(),
@@ -862,6 +866,16 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             topic_prefix: self.config.topic_prefix.clone(),
             saga_log_topic: self.config.topic(&self.config.saga_log_topic),
             saga_state: changelog.zip(store),
+            markers: handled_log
+                .as_ref()
+                .filter(|_| !exactly_once)
+                .map(|(topic, _)| {
+                    MarkerWriter::spawn(
+                        self.producer.clone(),
+                        topic.clone(),
+                        self.config.delivery_timeout,
+                    )
+                }),
             handled_log,
             exactly_once,
             max_message_bytes: self
@@ -999,6 +1013,8 @@ struct Worker<S> {
     saga_state: Option<(String, SagaStore)>,
     /// The handled-marker topic and the in-memory log, when idempotency is on.
     handled_log: Option<(String, HandledLog)>,
+    /// The batching marker writer (at-least-once mode).
+    markers: Option<MarkerWriter>,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
     /// they go into a transaction).
@@ -1270,15 +1286,28 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             return;
         };
         let partition = job.message.partition();
-        let mut out = OutRecord::new(topic);
-        out.partition = Some(partition);
-        out.key = Some(event.id.as_bytes().to_vec());
-        out.payload = Some(event.source.as_bytes().to_vec());
-        match self.write(sink, out, "handled marker").await {
-            Ok(()) => log.insert(partition, job.handled_generation, &event.source, &event.id),
-            Err(e) => {
-                tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again")
+        let written = match (sink, &self.markers) {
+            (Sink::Direct, Some(markers)) => {
+                markers.mark(partition, &event.source, &event.id).await
             }
+            _ => {
+                let mut out = OutRecord::new(topic);
+                out.partition = Some(partition);
+                out.payload = Some(crate::idempotency::marker_payload([(
+                    event.source.as_str(),
+                    event.id.as_str(),
+                )]));
+                match self.write(sink, out, "handled marker").await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again");
+                        false
+                    }
+                }
+            }
+        };
+        if written {
+            log.insert(partition, job.handled_generation, &event.source, &event.id);
         }
     }
 
@@ -2111,6 +2140,7 @@ impl ConsumerThread {
         };
         let consumer = self.consumer(ctx)?;
         let max = self.options.max_in_flight_per_partition.max(1);
+        let max_total = self.options.max_in_flight.max(1);
         let mut draining_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
         let mut seq = 0u64;
@@ -2132,7 +2162,7 @@ impl ConsumerThread {
                 failed = Some(reason);
                 break;
             }
-            self.resume_drained(&consumer, max);
+            self.resume_drained(&consumer, max, max_total);
 
             if self.control.abandon.load(Ordering::SeqCst) {
                 // The runtime was dropped (a crash, for the purpose of delivery): leave without
@@ -2212,7 +2242,8 @@ impl ConsumerThread {
                         .get(&topic, partition)
                         .map(|t| t.in_flight())
                         .unwrap_or(0);
-                    if in_flight >= max && book.paused.insert((topic.clone(), partition)) {
+                    let over = in_flight >= max || book.offsets.total_in_flight() >= max_total;
+                    if over && book.paused.insert((topic.clone(), partition)) {
                         let mut tpl = TopicPartitionList::new();
                         tpl.add_partition(&topic, partition);
                         if let Err(e) = consumer.pause(&tpl) {
@@ -2262,13 +2293,23 @@ impl ConsumerThread {
         }
     }
 
-    fn resume_drained(&self, consumer: &BaseConsumer<RuntimeContext>, max: usize) {
+    /// Resumes paused partitions once their own and the instance's work in flight drained to
+    /// half the bounds.
+    fn resume_drained(
+        &self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        max: usize,
+        max_total: usize,
+    ) {
         let mut book = consumer
             .context()
             .book
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if book.paused.is_empty() || self.control.stop.load(Ordering::SeqCst) {
+        if book.paused.is_empty()
+            || self.control.stop.load(Ordering::SeqCst)
+            || book.offsets.total_in_flight() > max_total / 2
+        {
             return;
         }
         let ready: Vec<PartitionKey> = book

@@ -58,7 +58,8 @@ pub fn read_to_end(config: &KafkaConfig, topic: &str, timeout: Duration) -> Vec<
 }
 
 /// Reads records of `topic` from the beginning of every partition, without a consumer group,
-/// until `count` records arrived or `timeout` passed. Returns what it read.
+/// until `count` records arrived or `timeout` passed (waiting for the topic to exist, too).
+/// Returns what it read.
 pub fn read_topic(
     config: &KafkaConfig,
     topic: &str,
@@ -72,18 +73,24 @@ pub fn read_topic(
         .set("isolation.level", "read_committed")
         .create()
         .expect("cannot create a test consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("cannot read topic metadata");
+    let deadline = Instant::now() + timeout;
+    // The topic may not exist yet (its writer creates it with its first record): wait for it.
     let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("bad partition");
+    while tpl.count() == 0 && Instant::now() < deadline {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("cannot read topic metadata");
+        for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("bad partition");
+            }
+        }
+        if tpl.count() == 0 {
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     consumer.assign(&tpl).expect("cannot assign partitions");
-    let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
