@@ -185,6 +185,9 @@ pub struct ServiceOptions {
     pub idempotency: Option<Idempotency>,
     /// Exactly-once mode: how often a transaction commits finished work (default 100 ms).
     pub commit_interval: Duration,
+    /// Write a saga-log step per event (default on). Off saves one record per event, but
+    /// `choreograph trace` then sees no step of this service (its sagas look stalled there).
+    pub saga_log: bool,
 }
 
 impl Default for ServiceOptions {
@@ -202,6 +205,7 @@ impl Default for ServiceOptions {
             delivery: Delivery::AtLeastOnce,
             idempotency: Some(Idempotency::default()),
             commit_interval: Duration::from_millis(100),
+            saga_log: true,
         }
     }
 }
@@ -210,7 +214,8 @@ impl ServiceOptions {
     /// Applies the deployment settings found in the environment (each optional):
     /// `CHOREOGRAPH_DELIVERY` (`at-least-once`/`exactly-once`), `CHOREOGRAPH_INSTANCE_ID`,
     /// `CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS` (`0` turns idempotency off),
-    /// `CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION`, `CHOREOGRAPH_COMMIT_INTERVAL_MS`.
+    /// `CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION`, `CHOREOGRAPH_COMMIT_INTERVAL_MS`,
+    /// `CHOREOGRAPH_SAGA_LOG` (`on`/`off`).
     pub fn apply_env(&mut self) -> Result<(), String> {
         self.apply_vars(|name| std::env::var(name).ok())
     }
@@ -252,6 +257,13 @@ impl ServiceOptions {
             if let Some(i) = &mut self.idempotency {
                 i.max_per_partition = n as usize;
             }
+        }
+        if let Some(v) = var("CHOREOGRAPH_SAGA_LOG") {
+            self.saga_log = match v.trim() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                other => return Err(format!("CHOREOGRAPH_SAGA_LOG={other}: use `on` or `off`")),
+            };
         }
         if let Some(v) = var("CHOREOGRAPH_COMMIT_INTERVAL_MS") {
             self.commit_interval =
@@ -877,6 +889,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                     )
                 }),
             handled_log,
+            saga_log: self.options.saga_log,
             exactly_once,
             max_message_bytes: self
                 .config
@@ -1013,6 +1026,8 @@ struct Worker<S> {
     saga_state: Option<(String, SagaStore)>,
     /// The handled-marker topic and the in-memory log, when idempotency is on.
     handled_log: Option<(String, HandledLog)>,
+    /// Write saga-log steps.
+    saga_log: bool,
     /// The batching marker writer (at-least-once mode).
     markers: Option<MarkerWriter>,
     exactly_once: bool,
@@ -1249,6 +1264,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         step: StepRecord,
         started_at: chrono::DateTime<chrono::Utc>,
     ) {
+        if !self.saga_log {
+            return;
+        }
         let record = Step {
             version: 1,
             correlation_id: event.correlation_id,
@@ -2358,6 +2376,7 @@ mod tests {
             ("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", "60"),
             ("CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION", "500"),
             ("CHOREOGRAPH_COMMIT_INTERVAL_MS", "250"),
+            ("CHOREOGRAPH_SAGA_LOG", "off"),
         ])
         .unwrap();
         assert_eq!(o.delivery, Delivery::ExactlyOnce);
@@ -2370,6 +2389,7 @@ mod tests {
             })
         );
         assert_eq!(o.commit_interval, Duration::from_millis(250));
+        assert!(!o.saga_log);
         let o = apply(&[("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", "0")]).unwrap();
         assert_eq!(o.idempotency, None, "0 turns it off");
         for (k, v, says) in [
