@@ -1229,19 +1229,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 Ok(())
             }
             Sink::Direct => {
+                let mut record = record;
                 let mut failures = 0u32;
+                // The headers move into the send; a failed send hands them back for the next.
+                let mut headers = record.headers.take();
                 loop {
+                    let mut out = record.as_future();
+                    out.headers = headers.take();
                     match self
                         .producer
-                        .send(
-                            record.as_future(),
-                            rdkafka::util::Timeout::After(self.delivery_timeout),
-                        )
+                        .send(out, rdkafka::util::Timeout::After(self.delivery_timeout))
                         .await
                     {
                         Ok(_) => return Ok(()),
                         Err((e, _)) if is_permanent(&e) => return Err(e.to_string()),
-                        Err((e, _)) => {
+                        Err((e, back)) => {
+                            headers = back.headers().cloned();
                             failures += 1;
                             tracing::warn!(topic = %record.topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
                             tokio::time::sleep(Duration::from_millis(
