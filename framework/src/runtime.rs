@@ -735,7 +735,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         for t in inputs {
             counts.push((
                 t.clone(),
-                self.topics.partition_count(t).await?.unwrap_or(0),
+                self.topics.settled_partition_count(t).await?.unwrap_or(0),
             ));
         }
         let n = counts[0].1;
@@ -751,7 +751,10 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             .await?;
         counts.push((
             changelog.clone(),
-            self.topics.partition_count(&changelog).await?.unwrap_or(0),
+            self.topics
+                .settled_partition_count(&changelog)
+                .await?
+                .unwrap_or(0),
         ));
         if counts.iter().any(|(_, c)| *c != n) {
             return Err(ServiceError::NotCoPartitioned {
@@ -782,7 +785,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         };
         let mut most = 1;
         for t in inputs {
-            most = most.max(self.topics.partition_count(t).await?.unwrap_or(0));
+            most = most.max(self.topics.settled_partition_count(t).await?.unwrap_or(0));
         }
         let topic = self.handled_topic();
         self.topics
@@ -795,7 +798,11 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                 },
             )
             .await?;
-        let have = self.topics.partition_count(&topic).await?.unwrap_or(0);
+        let have = self
+            .topics
+            .settled_partition_count(&topic)
+            .await?
+            .unwrap_or(0);
         if have < most {
             return Err(ServiceError::Topic(TopicError::Metadata {
                 topic,
@@ -1061,7 +1068,32 @@ enum Outcome {
 }
 
 impl<S: Clone + Send + Sync + 'static> Worker<S> {
+    /// Whether the partition of `job` is still loaded as it was when the job was dispatched: a
+    /// job of a revoked (or, exactly-once, rewound) partition must neither run its handler on
+    /// state that is gone nor write state over what the next owner reads.
+    fn still_owned(&self, job: &Job) -> bool {
+        let p = job.message.partition();
+        self.saga_state
+            .as_ref()
+            .is_none_or(|(_, s)| s.generation(p) == job.state_generation)
+            && self
+                .handled_log
+                .as_ref()
+                .is_none_or(|(_, l)| l.generation(p) == job.handled_generation)
+    }
+
     async fn process(&self, job: Job) {
+        if !self.still_owned(&job) {
+            // Left to the partition's next owner (its completion, of an old epoch, is ignored).
+            tracing::debug!(
+                topic = job.message.topic(),
+                partition = job.message.partition(),
+                offset = job.message.offset(),
+                "partition no longer owned: record left to its new owner"
+            );
+            self.report(&job, Vec::new());
+            return;
+        }
         let sink = if self.exactly_once {
             Sink::Transaction(Mutex::new(Vec::new()))
         } else {
@@ -1095,18 +1127,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     .await
             }
         }
+        let records = match sink {
+            Sink::Direct => Vec::new(),
+            Sink::Transaction(records) => records.into_inner().unwrap_or_else(|e| e.into_inner()),
+        };
+        self.report(&job, records);
+    }
+
+    /// Tells the consumer thread a record is finished (ignored there if its epoch is over).
+    fn report(&self, job: &Job, records: Vec<OutRecord>) {
+        let message = &job.message;
         let completion = Completion {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             epoch: job.epoch,
             seq: job.seq,
-            records: match sink {
-                Sink::Direct => Vec::new(),
-                Sink::Transaction(records) => {
-                    records.into_inner().unwrap_or_else(|e| e.into_inner())
-                }
-            },
+            records,
         };
         if let Ok(done) = self.done.lock() {
             let _ = done.send(completion);
@@ -1152,6 +1189,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 Ok(e) => {
                     emitted = e;
                     if let Some(change) = slot.and_then(|s| s.take_change()) {
+                        if !self.still_owned(job) {
+                            tracing::info!("partition revoked while the handler ran: its saga state is not written, the next owner handles the event again");
+                            return;
+                        }
                         self.write_saga_state(sink, job, change).await;
                     }
                 }
@@ -1306,6 +1347,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let Some((topic, log)) = &self.handled_log else {
             return;
         };
+        if !self.still_owned(job) {
+            return;
+        }
         let partition = job.message.partition();
         let written = match (sink, &self.markers) {
             (Sink::Direct, Some(markers)) => {

@@ -121,6 +121,21 @@ impl Topics {
         }
     }
 
+    /// The partition count of a topic that exists, waiting (up to the connect timeout) while a
+    /// broker's metadata still says its partitions have no leader (just created, or a broker
+    /// behind the others).
+    pub async fn settled_partition_count(&self, topic: &str) -> Result<Option<usize>, TopicError> {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        loop {
+            match self.partition_count(topic).await? {
+                Some(0) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Makes sure every topic exists, creating the missing ones when creation is on.
     pub async fn ensure(&self, topics: &[&str]) -> Result<(), TopicError> {
         for topic in topics {
