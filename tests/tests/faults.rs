@@ -123,30 +123,194 @@ fn isolated(bootstrap: &str) -> KafkaConfig {
 
 const SERVICES: [&str; 4] = ["user", "activity", "coupon", "points"];
 
-/// One process of each registration service, labelled `<service>-1`.
-fn start_services(config: &KafkaConfig, mode: Mode) -> Vec<ServiceProcess> {
-    SERVICES
-        .iter()
-        .map(|s| start_instance(s, 1, config, mode))
-        .collect()
-}
-
 fn start_instance(name: &'static str, n: u32, config: &KafkaConfig, mode: Mode) -> ServiceProcess {
     let instance = format!("{name}-{n}");
     ServiceProcess::start_with(name, &instance, config, mode.service_env(&instance))
 }
 
-/// Watches the registration topics, reading as `mode` says.
-fn watch(config: &KafkaConfig, mode: Mode) -> SagaWatch {
-    let reader = config
-        .clone()
-        .with("isolation.level", mode.isolation_level());
-    let topics: Vec<String> = catalogue()
-        .topics()
-        .iter()
-        .map(|t| config.topic(t))
+/// The four registration services (one process each, labelled `<service>-1`) and a watch on
+/// their topics, reading as the mode says.
+struct Fleet {
+    config: KafkaConfig,
+    mode: Mode,
+    watch: SagaWatch,
+    services: Vec<ServiceProcess>,
+}
+
+impl Fleet {
+    fn start(config: &KafkaConfig, mode: Mode) -> Self {
+        let reader = config
+            .clone()
+            .with("isolation.level", mode.isolation_level());
+        let topics: Vec<String> = catalogue()
+            .topics()
+            .iter()
+            .map(|t| config.topic(t))
+            .collect();
+        let watch = SagaWatch::start(&reader, &topics, catalogue()).unwrap();
+        let services = SERVICES
+            .iter()
+            .map(|s| start_instance(s, 1, config, mode))
+            .collect();
+        Self {
+            config: config.clone(),
+            mode,
+            watch,
+            services,
+        }
+    }
+
+    fn logs(&self) -> String {
+        logs_of(&self.config)
+    }
+
+    /// Fails at once, with the end of its log, when a service process exited by itself.
+    fn assert_alive(&mut self) {
+        for s in &mut self.services {
+            if let Some(status) = s.exited() {
+                panic!(
+                    "{} exited by itself with {status}; the end of its log ({}):\n{}",
+                    s.instance,
+                    s.log_path().display(),
+                    log_tail(&s.log_path(), 8)
+                );
+            }
+        }
+    }
+
+    /// Every service process is still running (none stopped, none exited by itself).
+    fn assert_running(&mut self, after: &str) {
+        self.assert_alive();
+        for s in &mut self.services {
+            assert!(
+                s.is_running(),
+                "{} is not running after {after}",
+                s.instance
+            );
+        }
+    }
+
+    /// How many published sagas ended.
+    fn ended(&self, feed: &Feed) -> usize {
+        self.watch.ended(feed.published().iter())
+    }
+
+    /// Waits until `target` published sagas ended (fails after `limit`, or when a service died).
+    async fn wait_until_ended(&mut self, feed: &Feed, target: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ended = self.ended(feed);
+            if ended >= target {
+                return;
+            }
+            self.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {target} sagas to end ({ended} of {} published ended within {limit:?}); service logs: {}",
+                feed.published().len(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The whole check after a run: every saga exactly once; prints the counts.
+    async fn finish(&mut self, what: &str, feed: Feed, limit: Duration) -> (Counts, LogStats) {
+        let sagas = feed.finish().await;
+        self.wait_for_all(&sagas, limit).await;
+        let logs = self.logs();
+        let counts = check_exactly_once(&self.watch, &sagas, self.mode, &logs);
+        let stats = saga_log_stats(&self.config, &sagas).await;
+        println!(
+            "{what} ({:?}): {} sagas each ended exactly once with their exact causal chain; \
+             {} distinct events in {} records: {} re-delivered records (a ce_id seen again); \
+             saga log: {} steps, {} handler re-runs (same service + input event again), {} retried attempts, {} dead-lettered",
+            self.mode,
+            counts.sagas,
+            counts.events,
+            counts.records,
+            counts.redelivered,
+            stats.steps,
+            stats.reruns,
+            stats.retried,
+            stats.dead_lettered
+        );
+        (counts, stats)
+    }
+
+    /// Waits until every saga ended and its whole causal chain was read (the topics are read
+    /// independently, so an ending can be seen before its causes), then until the topics are
+    /// quiet (late duplicates arrive too). Fails after `limit` naming the first incomplete
+    /// sagas, or at once when a service died.
+    async fn wait_for_all(&mut self, sagas: &Sagas, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all = self.watch.all();
+            let missing: Vec<(&CorrelationId, &SagaOutcome)> = sagas
+                .iter()
+                .filter(|(id, expected)| {
+                    !all.get(id)
+                        .map(|s| {
+                            s.ended.is_some() && s.events.len() >= expected_types(**expected).len()
+                        })
+                        .unwrap_or(false)
+                })
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            self.assert_alive();
+            if Instant::now() > deadline {
+                let examples: Vec<String> = missing
+                    .iter()
+                    .take(5)
+                    .map(|(id, expected)| describe(&self.watch, id, **expected))
+                    .collect();
+                panic!(
+                    "{} of {} sagas did not end with their whole causal chain within {limit:?}; the first ones:\n{}\nservice logs: {}",
+                    missing.len(),
+                    sagas.len(),
+                    examples.join("\n"),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.watch
+            .settle(Duration::from_secs(3), Duration::from_secs(30))
+            .await;
+    }
+
+    /// SIGTERM to every service: each must exit 0.
+    fn stop(&mut self) {
+        stop_all(&mut self.services);
+    }
+}
+
+/// The last `n` lines of a log, without colours.
+fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut out = String::new();
+            let mut chars = l.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    // ESC [ ... m
+                    for c in chars.by_ref() {
+                        if c == 'm' {
+                            break;
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
         .collect();
-    SagaWatch::start(&reader, &topics, catalogue()).unwrap()
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The event types of each outcome's causal chain (each exactly once, by `ce_id`), sorted.
@@ -243,22 +407,6 @@ impl Feed {
     }
 }
 
-/// Waits until the watch has seen `target` sagas of `ids` end (fails after `limit`).
-async fn wait_until_ended(watch: &SagaWatch, feed: &Feed, target: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let ended = watch.ended(feed.published().iter());
-        if ended >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {target} sagas to end ({ended} ended within {limit:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// How a saga's events look, for failure messages.
 fn describe(watch: &SagaWatch, id: &CorrelationId, expected: SagaOutcome) -> String {
     let seen: Vec<String> = watch
@@ -271,46 +419,6 @@ fn describe(watch: &SagaWatch, id: &CorrelationId, expected: SagaOutcome) -> Str
         })
         .unwrap_or_default();
     format!("saga {id} (expected {expected:?}): seen {seen:?}")
-}
-
-/// Waits until every saga ended and its whole causal chain was read (the topics are read
-/// independently, so an ending can be seen before its causes), then until the topics are quiet
-/// (late duplicates arrive too). Fails after `limit` naming the first incomplete sagas.
-async fn wait_for_all(watch: &SagaWatch, sagas: &Sagas, limit: Duration, logs: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let all = watch.all();
-        let missing: Vec<(&CorrelationId, &SagaOutcome)> = sagas
-            .iter()
-            .filter(|(id, expected)| {
-                !all.get(id)
-                    .map(|s| {
-                        s.ended.is_some() && s.events.len() >= expected_types(**expected).len()
-                    })
-                    .unwrap_or(false)
-            })
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let examples: Vec<String> = missing
-                .iter()
-                .take(5)
-                .map(|(id, expected)| describe(watch, id, **expected))
-                .collect();
-            panic!(
-                "{} of {} sagas did not end with their whole causal chain within {limit:?}; the first ones:\n{}\nservice logs: {logs}",
-                missing.len(),
-                sagas.len(),
-                examples.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    watch
-        .settle(Duration::from_secs(3), Duration::from_secs(30))
-        .await;
 }
 
 /// What the topics held.
@@ -435,49 +543,6 @@ fn logs_of(config: &KafkaConfig) -> String {
     format!("target/test-logs/{}*.log", config.topic_prefix)
 }
 
-/// The whole check after a run: every saga exactly once; prints the counts.
-async fn finish_run(
-    what: &str,
-    config: &KafkaConfig,
-    watch: &SagaWatch,
-    feed: Feed,
-    mode: Mode,
-    limit: Duration,
-) -> (Counts, LogStats) {
-    let logs = logs_of(config);
-    let sagas = feed.finish().await;
-    wait_for_all(watch, &sagas, limit, &logs).await;
-    let counts = check_exactly_once(watch, &sagas, mode, &logs);
-    let stats = saga_log_stats(config, &sagas).await;
-    println!(
-        "{what} ({mode:?}): {} sagas each ended exactly once with their exact causal chain; \
-         {} distinct events in {} records: {} re-delivered records (a ce_id seen again); \
-         saga log: {} steps, {} handler re-runs (same service + input event again), {} retried attempts, {} dead-lettered",
-        counts.sagas,
-        counts.events,
-        counts.records,
-        counts.redelivered,
-        stats.steps,
-        stats.reruns,
-        stats.retried,
-        stats.dead_lettered
-    );
-    (counts, stats)
-}
-
-/// Every service process is still running (none exited by itself).
-fn assert_running(services: &mut [ServiceProcess], after: &str, config: &KafkaConfig) {
-    for s in services.iter_mut() {
-        let exited = s.exited();
-        assert!(
-            exited.is_none() && s.is_running(),
-            "{} is not running after {after} (exit status {exited:?}); log: {}",
-            s.instance,
-            logs_of(config)
-        );
-    }
-}
-
 /// SIGTERM to every process still running: each must exit 0.
 fn stop_all(services: &mut [ServiceProcess]) {
     for s in services.iter_mut() {
@@ -524,8 +589,7 @@ async fn chaos_run(mode: Mode) {
         .collect();
 
     let config = testkit::isolated_config();
-    let watch = watch(&config, mode);
-    let mut services = start_services(&config, mode);
+    let mut fleet = Fleet::start(&config, mode);
     let started = Instant::now();
     let feed = Feed::start(&config, n, per_second);
     for (at, victim, down) in &schedule {
@@ -533,22 +597,23 @@ async fn chaos_run(mode: Mode) {
         if let Some(wait) = at.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        let published = feed.published();
-        let ended = watch.ended(published.iter());
-        services[*victim].kill_9();
+        fleet.assert_alive();
+        let published = feed.published().len();
+        let ended = fleet.ended(&feed);
+        let victim = &mut fleet.services[*victim];
+        victim.kill_9();
         println!(
-            "  {:>5.1} s: kill -9 {} ({} published, {ended} ended), restarted {down:.1} s later",
+            "  {:>5.1} s: kill -9 {} ({published} published, {ended} ended), restarted {down:.1} s later",
             started.elapsed().as_secs_f64(),
-            services[*victim].instance,
-            published.len()
+            victim.instance,
         );
         assert!(ended < n as usize, "the kill landed mid-run");
         tokio::time::sleep(Duration::from_secs_f64(*down)).await;
-        services[*victim].restart();
+        victim.restart();
     }
     let limit = Duration::from_secs(300) * scale;
-    finish_run("chaos run", &config, &watch, feed, mode, limit).await;
-    stop_all(&mut services);
+    fleet.finish("chaos run", feed, limit).await;
+    fleet.stop();
 }
 
 #[test]
@@ -564,12 +629,13 @@ async fn broker_restart(mode: Mode) {
     let n = 400 * scale();
     let cluster = Arc::new(blocking(|| KafkaCluster::start(1)).await);
     let config = isolated(cluster.bootstrap_servers());
-    let watch = watch(&config, mode);
-    let mut services = start_services(&config, mode);
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 20.0);
-    wait_until_ended(&watch, &feed, n as usize / 4, Duration::from_secs(180)).await;
+    fleet
+        .wait_until_ended(&feed, n as usize / 4, Duration::from_secs(180))
+        .await;
 
-    let before = watch.ended(feed.published().iter());
+    let before = fleet.ended(&feed);
     let stopping = Instant::now();
     let c = cluster.clone();
     blocking(move || c.stop()).await;
@@ -589,17 +655,11 @@ async fn broker_restart(mode: Mode) {
     );
     assert!(before < n as usize, "the broker stopped mid-run");
 
-    finish_run(
-        "single-node broker restart",
-        &config,
-        &watch,
-        feed,
-        mode,
-        Duration::from_secs(300),
-    )
-    .await;
-    assert_running(&mut services, "the broker restart", &config);
-    stop_all(&mut services);
+    fleet
+        .finish("single-node broker restart", feed, Duration::from_secs(300))
+        .await;
+    fleet.assert_running("the broker restart");
+    fleet.stop();
 }
 
 #[test]
@@ -660,10 +720,11 @@ async fn broker_loss(mode: Mode) {
     let cluster = Arc::new(blocking(|| KafkaCluster::start(3)).await);
     let mut config = isolated(cluster.bootstrap_servers());
     config.topics.replication_factor = 3;
-    let watch = watch(&config, mode);
-    let mut services = start_services(&config, mode);
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 20.0);
-    wait_until_ended(&watch, &feed, n as usize / 5, Duration::from_secs(240)).await;
+    fleet
+        .wait_until_ended(&feed, n as usize / 5, Duration::from_secs(240))
+        .await;
 
     let mut topics: Vec<String> = catalogue()
         .topics()
@@ -674,7 +735,7 @@ async fn broker_loss(mode: Mode) {
     let (c, t) = (config.clone(), topics.clone());
     let (leader, load) = blocking(move || busiest_leader(&c, &t)).await;
     let node = u32::try_from(leader).expect("a leader");
-    let before = watch.ended(feed.published().iter());
+    let before = fleet.ended(&feed);
     let c = cluster.clone();
     blocking(move || c.kill_node(node)).await;
     let killed = Instant::now();
@@ -684,7 +745,8 @@ async fn broker_loss(mode: Mode) {
     );
     assert!(before < n as usize, "the node died mid-run");
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let during = watch.ended(feed.published().iter());
+    fleet.assert_alive();
+    let during = fleet.ended(&feed);
     let c = cluster.clone();
     blocking(move || c.start_node(node)).await;
     println!(
@@ -696,17 +758,11 @@ async fn broker_loss(mode: Mode) {
     let (leader, load) = blocking(move || busiest_leader(&c, &t)).await;
     println!("after the restart: leader of the busiest partition node {leader}; {load}");
 
-    finish_run(
-        "3-node broker loss",
-        &config,
-        &watch,
-        feed,
-        mode,
-        Duration::from_secs(300),
-    )
-    .await;
-    assert_running(&mut services, "the broker loss", &config);
-    stop_all(&mut services);
+    fleet
+        .finish("3-node broker loss", feed, Duration::from_secs(300))
+        .await;
+    fleet.assert_running("the broker loss");
+    fleet.stop();
 }
 
 #[test]
@@ -983,13 +1039,14 @@ fn a_poison_record_does_not_block_its_busy_partition_and_is_replayed_once_at_lea
 async fn coupon_rebalance(mode: Mode) {
     let n = 1200 * scale();
     let config = testkit::isolated_config();
-    let watch = watch(&config, mode);
-    let mut services = start_services(&config, mode);
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 30.0);
     let total = n as usize;
 
-    wait_until_ended(&watch, &feed, total / 6, Duration::from_secs(180)).await;
-    let ended = watch.ended(feed.published().iter());
+    fleet
+        .wait_until_ended(&feed, total / 6, Duration::from_secs(180))
+        .await;
+    let ended = fleet.ended(&feed);
     let mut extra: Vec<ServiceProcess> = (2..=3)
         .map(|i| start_instance("coupon", i, &config, mode))
         .collect();
@@ -999,8 +1056,10 @@ async fn coupon_rebalance(mode: Mode) {
     );
     assert!(ended < total, "scaled up mid-run");
 
-    wait_until_ended(&watch, &feed, total * 3 / 5, Duration::from_secs(240)).await;
-    let ended = watch.ended(feed.published().iter());
+    fleet
+        .wait_until_ended(&feed, total * 3 / 5, Duration::from_secs(240))
+        .await;
+    let ended = fleet.ended(&feed);
     println!(
         "coupon 3 → 1 (SIGTERM) after {ended} sagas ended ({} published)",
         feed.published().len()
@@ -1008,16 +1067,10 @@ async fn coupon_rebalance(mode: Mode) {
     assert!(ended < total, "scaled down mid-run");
     stop_all(&mut extra);
 
-    finish_run(
-        "coupon rebalance 1 → 3 → 1",
-        &config,
-        &watch,
-        feed,
-        mode,
-        Duration::from_secs(300),
-    )
-    .await;
-    stop_all(&mut services);
+    fleet
+        .finish("coupon rebalance 1 → 3 → 1", feed, Duration::from_secs(300))
+        .await;
+    fleet.stop();
 }
 
 #[test]

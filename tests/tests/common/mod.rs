@@ -68,14 +68,21 @@ impl ServiceProcess {
         p
     }
 
+    /// Where the process logs (stderr), across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/test-logs")
+            .join(format!("{}{}.log", self.config.topic_prefix, self.instance))
+    }
+
     fn spawn(&mut self) {
         let config = &self.config;
-        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs");
-        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_path = self.log_path();
+        std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log_dir.join(format!("{}{}.log", config.topic_prefix, self.instance)))
+            .open(&log_path)
             .unwrap();
         let mut command = Command::new(binary(self.name));
         command
