@@ -261,10 +261,25 @@ impl Fleet {
             }
             self.assert_alive();
             if Instant::now() > deadline {
+                let first: Vec<CorrelationId> =
+                    missing.iter().take(5).map(|(id, _)| **id).collect();
+                let (mut steps, read) = saga_steps(&self.config, &first).await;
                 let examples: Vec<String> = missing
                     .iter()
                     .take(5)
-                    .map(|(id, expected)| describe(&self.watch, id, **expected))
+                    .map(|(id, expected)| {
+                        let steps: Vec<String> = steps
+                            .remove(id)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|s| format!("\n    step: {}", describe_step(s)))
+                            .collect();
+                        format!(
+                            "{}; its saga-log steps (of {read} saga-log records read):{}",
+                            describe(&self.watch, id, **expected),
+                            steps.concat()
+                        )
+                    })
                     .collect();
                 panic!(
                     "{} of {} sagas did not end with their whole causal chain within {limit:?}; the first ones:\n{}\nservice logs: {}",
@@ -339,6 +354,10 @@ fn expected_types(outcome: SagaOutcome) -> Vec<&'static str> {
 }
 
 type Sagas = HashMap<CorrelationId, SagaOutcome>;
+
+/// How long every saga may take to end once the last one was published (they normally end
+/// within seconds of the last fault).
+const SETTLE_LIMIT: Duration = Duration::from_secs(180);
 
 /// Registrations published at a steady pace in the background, each a saga whose outcome is
 /// known in advance (`samples::registration`).
@@ -492,6 +511,60 @@ fn check_exactly_once(watch: &SagaWatch, sagas: &Sagas, mode: Mode, logs: &str) 
     counts
 }
 
+/// The saga-log steps of some sagas, in log order, and how many saga-log records were read.
+async fn saga_steps(
+    config: &KafkaConfig,
+    ids: &[CorrelationId],
+) -> (HashMap<CorrelationId, Vec<Step>>, usize) {
+    let topic = config.topic(&config.saga_log_topic);
+    let mut records = Vec::new();
+    // (Once, a read right after a cluster's leaders moved came back empty: try again.)
+    for _ in 0..3 {
+        let (c, t) = (config.clone(), topic.clone());
+        records = blocking(move || testkit::read_to_end(&c, &t, Duration::from_secs(120))).await;
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut steps: HashMap<CorrelationId, Vec<Step>> = HashMap::new();
+    for m in &records {
+        if let Some(step) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Step>(p).ok())
+            .filter(|s| ids.contains(&s.correlation_id))
+        {
+            steps.entry(step.correlation_id).or_default().push(step);
+        }
+    }
+    (steps, records.len())
+}
+
+/// One saga-log step on one line, for failure messages.
+fn describe_step(s: &Step) -> String {
+    let emitted: Vec<String> = s
+        .emitted
+        .iter()
+        .map(|e| format!("{} ({})", e.event_type, &e.id[24..]))
+        .collect();
+    format!(
+        "{} {} handled {} ({}) from {}[{}]@{} at {}: {:?}, emitted {emitted:?}{}",
+        s.service,
+        s.instance,
+        s.input.event_type,
+        &s.input.id[24..],
+        s.input.topic,
+        s.input.partition,
+        s.input.offset,
+        s.started_at.format("%H:%M:%S%.3f"),
+        s.outcome,
+        s.error
+            .as_deref()
+            .map(|e| format!(", error {e}"))
+            .unwrap_or_default()
+    )
+}
+
 /// What the saga log says about handler runs.
 #[derive(Debug, Default)]
 struct LogStats {
@@ -611,7 +684,7 @@ async fn chaos_run(mode: Mode) {
         tokio::time::sleep(Duration::from_secs_f64(*down)).await;
         victim.restart();
     }
-    let limit = Duration::from_secs(300) * scale;
+    let limit = SETTLE_LIMIT * scale;
     fleet.finish("chaos run", feed, limit).await;
     fleet.stop();
 }
@@ -656,7 +729,7 @@ async fn broker_restart(mode: Mode) {
     assert!(before < n as usize, "the broker stopped mid-run");
 
     fleet
-        .finish("single-node broker restart", feed, Duration::from_secs(300))
+        .finish("single-node broker restart", feed, SETTLE_LIMIT)
         .await;
     fleet.assert_running("the broker restart");
     fleet.stop();
@@ -758,9 +831,7 @@ async fn broker_loss(mode: Mode) {
     let (leader, load) = blocking(move || busiest_leader(&c, &t)).await;
     println!("after the restart: leader of the busiest partition node {leader}; {load}");
 
-    fleet
-        .finish("3-node broker loss", feed, Duration::from_secs(300))
-        .await;
+    fleet.finish("3-node broker loss", feed, SETTLE_LIMIT).await;
     fleet.assert_running("the broker loss");
     fleet.stop();
 }
@@ -1068,7 +1139,7 @@ async fn coupon_rebalance(mode: Mode) {
     stop_all(&mut extra);
 
     fleet
-        .finish("coupon rebalance 1 → 3 → 1", feed, Duration::from_secs(300))
+        .finish("coupon rebalance 1 → 3 → 1", feed, SETTLE_LIMIT)
         .await;
     fleet.stop();
 }

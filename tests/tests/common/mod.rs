@@ -283,16 +283,30 @@ impl KafkaCluster {
 }
 
 impl Drop for KafkaCluster {
+    /// Stops the cluster; deletes its data unless the test failed (then the data and the
+    /// broker logs stay for a look, and the directory is printed).
     fn drop(&mut self) {
+        let failed = std::thread::panicking();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-local.sh");
-        let out = Command::new(script)
-            .arg("stop")
-            .arg(&self.dir)
-            .arg("--clean")
-            .stdin(Stdio::null())
-            .output();
+        let mut command = Command::new(script);
+        command.arg("stop").arg(&self.dir);
+        if !failed {
+            command.arg("--clean");
+        }
+        let out = command.stdin(Stdio::null()).output();
         match out {
-            Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.success() => {
+                if failed {
+                    eprintln!(
+                        "the test failed: the dedicated cluster is stopped, its data and logs kept in {} \
+                         (look with `KAFKA_PORT={} scripts/kafka-local.sh start {}`; delete with `scripts/kafka-local.sh stop {} --clean`)",
+                        self.dir.display(),
+                        self.base_port,
+                        self.dir.display(),
+                        self.dir.display()
+                    );
+                }
+            }
             Ok(o) => eprintln!(
                 "stopping the dedicated cluster in {} failed: {}",
                 self.dir.display(),
