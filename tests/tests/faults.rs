@@ -575,6 +575,21 @@ struct LogStats {
     /// Failed attempts that were retried.
     retried: usize,
     dead_lettered: usize,
+    /// Steps with a final outcome per service instance (the runtime's instance name,
+    /// `<service>-<pid>-<random>`).
+    per_instance: HashMap<String, usize>,
+}
+
+impl LogStats {
+    /// Steps of the process with this PID.
+    fn steps_of_pid(&self, service: &str, pid: u32) -> usize {
+        let prefix = format!("{service}-{pid}-");
+        self.per_instance
+            .iter()
+            .filter(|(i, _)| i.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 async fn saga_log_stats(config: &KafkaConfig, sagas: &Sagas) -> LogStats {
@@ -602,6 +617,7 @@ async fn saga_log_stats(config: &KafkaConfig, sagas: &Sagas) -> LogStats {
                 if outcome == StepOutcome::DeadLettered {
                     stats.dead_lettered += 1;
                 }
+                *stats.per_instance.entry(step.instance.clone()).or_default() += 1;
                 runs.entry((step.service, step.input.id))
                     .or_default()
                     .insert((step.instance, step.started_at.to_rfc3339()));
@@ -1121,6 +1137,7 @@ async fn coupon_rebalance(mode: Mode) {
     let mut extra: Vec<ServiceProcess> = (2..=3)
         .map(|i| start_instance("coupon", i, &config, mode))
         .collect();
+    let pids: Vec<u32> = extra.iter().map(|p| p.pid().unwrap()).collect();
     println!(
         "coupon 1 → 3 after {ended} sagas ended ({} published)",
         feed.published().len()
@@ -1138,9 +1155,18 @@ async fn coupon_rebalance(mode: Mode) {
     assert!(ended < total, "scaled down mid-run");
     stop_all(&mut extra);
 
-    fleet
+    let (_, stats) = fleet
         .finish("coupon rebalance 1 → 3 → 1", feed, SETTLE_LIMIT)
         .await;
+    for (p, pid) in extra.iter().zip(pids) {
+        let steps = stats.steps_of_pid("coupon", pid);
+        println!("{} (pid {pid}) handled {steps} events", p.instance);
+        assert!(
+            steps > 0,
+            "{} took part: it was given partitions and handled events",
+            p.instance
+        );
+    }
     fleet.stop();
 }
 

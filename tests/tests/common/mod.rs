@@ -121,6 +121,11 @@ impl ServiceProcess {
         self.spawn();
     }
 
+    /// The PID of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is alive (started, not stopped by the test, and not exited).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
