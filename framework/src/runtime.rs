@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -1669,6 +1669,8 @@ struct Book {
 /// Exactly-once mode: the transactional producer and what waits for the next transaction.
 struct Transactions {
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// The producer's settings, to make a new one after a failure the old one cannot leave.
+    producer_config: rdkafka::ClientConfig,
     book: TxnBook,
     /// Input offsets committed by this instance's transactions, by partition.
     committed: HashMap<PartitionKey, i64>,
@@ -1686,14 +1688,82 @@ enum TxnFailure {
     Fatal(String),
 }
 
+/// Fenced: a newer producer with this `transactional.id` exists (another live instance with the
+/// same ID): this one must stop.
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
 fn classify(e: KafkaError) -> TxnFailure {
-    match &e {
-        KafkaError::Transaction(rde) if rde.is_fatal() => TxnFailure::Fatal(e.to_string()),
-        _ => TxnFailure::Abort(e.to_string()),
+    if is_fenced(&e) {
+        TxnFailure::Fatal(e.to_string())
+    } else {
+        TxnFailure::Abort(e.to_string())
+    }
+}
+
+/// Runs a transaction call again while it fails with a retriable error (a coordinator moving,
+/// a broker away), for up to `patience`.
+fn retrying(patience: Duration, mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(rde))
+                if rde.is_retriable() && Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %rde, "transaction call: retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
     }
 }
 
 impl Transactions {
+    /// Ends a failed transaction: abort it, or, when the producer cannot (its state is unknown
+    /// after a coordinator failure, or it failed fatally), replace the producer: a new one with
+    /// the same `transactional.id` aborts whatever the old one left open. Err: fenced, or no new
+    /// producer could be started within two minutes.
+    fn abort_or_reset(&mut self) -> Result<(), String> {
+        let aborted = retrying(self.timeout, || {
+            self.producer.abort_transaction(self.timeout)
+        });
+        let e = match aborted {
+            Ok(()) => return Ok(()),
+            Err(e) if is_fenced(&e) => return Err(format!("fenced: {e}")),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %e, "aborting the transaction failed; starting a new transactional producer");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let attempt = self
+                .producer_config
+                .create::<ThreadedProducer<DefaultProducerContext>>()
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.init_transactions(self.timeout)
+                        .map(|()| p)
+                        .map_err(|e| e.to_string())
+                });
+            match attempt {
+                Ok(producer) => {
+                    self.producer = producer;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("no new transactional producer: {e}"))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting a new transactional producer failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// Begin, write the batch's records, send its offsets, commit (blocking).
     fn run(
         &self,
@@ -1725,20 +1795,22 @@ impl Transactions {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| TxnFailure::Abort("no consumer group metadata yet".into()))?;
-        self.producer
-            .send_offsets_to_transaction(&tpl, &group, self.timeout)
-            .map_err(classify)?;
-        let mut tries = 0;
-        loop {
-            match self.producer.commit_transaction(self.timeout) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(rde)) if rde.is_retriable() && tries < 3 => {
-                    tries += 1;
-                    tracing::debug!(error = %rde, "commit_transaction: retrying");
-                }
-                Err(e) => return Err(classify(e)),
-            }
+        retrying(self.timeout, || {
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group, self.timeout)
+        })
+        .map_err(classify)?;
+        // Wait for the records' acknowledgements here, in 1 ms steps: rdkafka's
+        // commit_transaction flushes first, polling in 100 ms steps that run to the end when
+        // the producer's own thread takes the delivery reports (≥ 100 ms per transaction).
+        let deadline = Instant::now() + self.timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        retrying(self.timeout, || {
+            self.producer.commit_transaction(self.timeout)
+        })
+        .map_err(classify)
     }
 }
 
@@ -1984,13 +2056,13 @@ impl RuntimeContext {
             TxnFailure::Fatal(reason) => reason,
             TxnFailure::Abort(reason) => {
                 tracing::warn!(service = %self.service, error = %reason, records = batch.records.len(), "transaction failed; aborting it and handling its inputs again");
-                match txn.producer.abort_transaction(txn.timeout) {
+                match txn.abort_or_reset() {
                     Ok(()) => {
                         drop(txn);
                         self.rewind(consumer);
                         return;
                     }
-                    Err(e) => format!("aborting a transaction failed: {e} (after: {reason})"),
+                    Err(e) => format!("ending a failed transaction: {e} (after: {reason})"),
                 }
             }
         };
@@ -2125,6 +2197,7 @@ impl ConsumerThread {
         tracing::info!(service = %self.service, transactional_id = %id, "exactly-once: transactions initialised");
         Ok(Transactions {
             producer,
+            producer_config: cc,
             book: TxnBook::default(),
             committed: HashMap::new(),
             last_commit: Instant::now(),

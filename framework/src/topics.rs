@@ -121,14 +121,14 @@ impl Topics {
         }
     }
 
-    /// The partition count of a topic that exists, waiting (up to the connect timeout) while a
-    /// broker's metadata still says its partitions have no leader (just created, or a broker
-    /// behind the others).
+    /// The partition count of a topic known to exist (just ensured), waiting (up to the connect
+    /// timeout) while the broker answering has not caught up: on a fresh multi-node cluster one
+    /// may still say the topic is unknown, or its partitions have no leader.
     pub async fn settled_partition_count(&self, topic: &str) -> Result<Option<usize>, TopicError> {
         let deadline = Instant::now() + self.config.connect_timeout;
         loop {
             match self.partition_count(topic).await? {
-                Some(0) if Instant::now() < deadline => {
+                None | Some(0) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 other => return Ok(other),
