@@ -183,6 +183,10 @@ pub struct Summary {
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ModeRatios {
     pub throughput: f64,
+    /// The throughput ratio per repetition (exactly-once run ÷ the at-least-once run of the
+    /// same repetition, measured a few tens of seconds apart), median and range: less exposed
+    /// to slow drift of a shared machine than the ratio of medians.
+    pub throughput_paired: Spread,
     pub latency_p50: f64,
     pub latency_p99: f64,
     pub cpu: f64,
@@ -306,8 +310,24 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                     && a.workload == s.workload
                     && a.mode == Mode::AtLeastOnce
             }) {
+                let paired = runs.iter().filter(|e| {
+                    e.mode == Mode::ExactlyOnce
+                        && e.implementation == s.implementation
+                        && e.workload == s.workload
+                });
+                let paired = Spread::of(paired.filter_map(|e| {
+                    runs.iter()
+                        .find(|a| {
+                            a.mode == Mode::AtLeastOnce
+                                && a.implementation == e.implementation
+                                && a.workload == e.workload
+                                && a.repetition == e.repetition
+                        })
+                        .map(|a| e.throughput_sagas_per_s / a.throughput_sagas_per_s)
+                }));
                 s.eos_vs_alo = Some(ModeRatios {
                     throughput: s.throughput_sagas_per_s.median / alo.throughput_sagas_per_s.median,
+                    throughput_paired: paired,
                     latency_p50: s.latency_p50_ms.median / alo.latency_p50_ms.median,
                     latency_p99: s.latency_p99_ms.median / alo.latency_p99_ms.median,
                     cpu: s.cpu_s_per_1k_sagas.median / alo.cpu_s_per_1k_sagas.median,
@@ -400,6 +420,13 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
                 " ({:.0} ÷ {:.0} sagas/s",
                 e.throughput_sagas_per_s.median, a.throughput_sagas_per_s.median
             );
+            if let Some(p) = e.eos_vs_alo.map(|r| r.throughput_paired) {
+                let _ = write!(
+                    eos_target.measured,
+                    "; per repetition {:.2} ({:.2}–{:.2})",
+                    p.median, p.min, p.max
+                );
+            }
             if let Some(r) =
                 find(w, Mode::ExactlyOnce, Implementation::Raw).and_then(|r| r.eos_vs_alo)
             {
@@ -630,16 +657,17 @@ pub fn markdown(
             );
             let _ = writeln!(
                 md,
-                "| implementation | throughput | p50 @ {rate:.0}/s | p99 @ {rate:.0}/s | CPU s / 1k sagas | peak RSS, with backlog |"
+                "| implementation | throughput | throughput, per repetition: median (min–max) | p50 @ {rate:.0}/s | p99 @ {rate:.0}/s | CPU s / 1k sagas | peak RSS, with backlog |"
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|");
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
             for s in eos {
                 let r = s.eos_vs_alo.expect("filtered");
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     s.implementation.name(),
                     ratio(Some(r.throughput)),
+                    cell(r.throughput_paired, 2),
                     ratio(Some(r.latency_p50)),
                     ratio(Some(r.latency_p99)),
                     ratio(Some(r.cpu)),
@@ -679,6 +707,98 @@ mod tests {
         let l: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let p = Percentiles::of(&l);
         assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+    }
+
+    fn run(implementation: Implementation, mode: Mode, repetition: usize, tput: f64) -> Run {
+        let p = Percentiles::of(&[Duration::from_millis(10)]);
+        Run {
+            implementation,
+            mode,
+            workload: Workload::Chain,
+            repetition,
+            throughput_sagas: 1000,
+            throughput_seconds: 1000.0 / tput,
+            throughput_sagas_per_s: tput,
+            backlog_publish_seconds: 0.1,
+            saturation_latency_ms: p.clone(),
+            latency_sagas: 10,
+            offered_rate: 100.0,
+            latency_ms: p.clone(),
+            driver_observation_ms: p,
+            cpu_s_per_1k_sagas: 1.0,
+            broker_cpu_s_per_1k_sagas: None,
+            cpu_s_per_1k_sagas_stat_ticks: 1.0,
+            cpu_s_per_1k_sagas_fixed_rate: 1.0,
+            peak_rss_mib: BTreeMap::new(),
+            peak_rss_mib_fixed_rate: BTreeMap::new(),
+            duplicate_terminals: 0,
+            terminal_records: 0,
+            duplicate_terminal_sagas: 0,
+            duplicate_terminal_ce_ids: 0,
+            load_average: (1.0, 1.0),
+        }
+    }
+
+    #[test]
+    fn ratios_against_raw_of_the_same_mode_and_eos_over_alo() {
+        use Implementation::{Choreograph, Raw};
+        use Mode::{AtLeastOnce, ExactlyOnce};
+        let runs = [
+            run(Choreograph, AtLeastOnce, 1, 100.0),
+            run(Raw, AtLeastOnce, 1, 400.0),
+            run(Choreograph, ExactlyOnce, 1, 60.0),
+            run(Raw, ExactlyOnce, 1, 120.0),
+            run(Choreograph, AtLeastOnce, 2, 200.0),
+            run(Raw, AtLeastOnce, 2, 400.0),
+            run(Choreograph, ExactlyOnce, 2, 60.0),
+            run(Raw, ExactlyOnce, 2, 120.0),
+        ];
+        let s = summarize(&runs);
+        let get = |i, m| {
+            s.iter()
+                .find(|x| x.implementation == i && x.mode == m)
+                .unwrap()
+        };
+        // Medians: choreograph ALO 150, raw ALO 400, choreograph EOS 60, raw EOS 120.
+        assert_eq!(
+            get(Choreograph, AtLeastOnce).vs_raw.unwrap().throughput,
+            0.375
+        );
+        assert_eq!(
+            get(Choreograph, ExactlyOnce).vs_raw.unwrap().throughput,
+            0.5
+        );
+        assert!(get(Raw, ExactlyOnce).vs_raw.is_none());
+        assert!(get(Choreograph, AtLeastOnce).eos_vs_alo.is_none());
+        let c = get(Choreograph, ExactlyOnce).eos_vs_alo.unwrap();
+        assert_eq!(c.throughput, 0.4);
+        // Per repetition: 0.6 and 0.3.
+        assert_eq!(
+            (c.throughput_paired.min, c.throughput_paired.max),
+            (0.3, 0.6)
+        );
+        assert_eq!(get(Raw, ExactlyOnce).eos_vs_alo.unwrap().throughput, 0.3);
+        let t = targets(&s);
+        let eos = t
+            .iter()
+            .find(|t| t.name.starts_with("exactly-once"))
+            .unwrap();
+        assert_eq!(eos.met, Some(false));
+        assert!(eos.measured.starts_with("0.40×"), "{}", eos.measured);
+    }
+
+    #[test]
+    fn watermill_has_no_exactly_once_row() {
+        let u = unavailable(
+            &[Implementation::Choreograph, Implementation::Watermill],
+            &[Workload::Chain],
+            &[Mode::AtLeastOnce, Mode::ExactlyOnce],
+        );
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (u[0].implementation, u[0].mode),
+            (Implementation::Watermill, Mode::ExactlyOnce)
+        );
     }
 
     #[test]
