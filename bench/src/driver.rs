@@ -5,12 +5,14 @@
 //! trace) and are written by a plain rdkafka producer with the framework's producer settings
 //! (`acks=all`, idempotent, `linger.ms=2`, murmur2 partitioner), so the driver does not change
 //! when the framework's publishing does. A watcher thread reads the terminal topic from the
-//! beginning (no consumer group) and timestamps every terminal event as it arrives; it also
-//! checks the terminal event's type and data.
+//! beginning (no consumer group, `isolation.level=read_committed`, so records of aborted or
+//! still open transactions are never seen) and timestamps every terminal event as it arrives;
+//! it also checks the terminal event's type and data, and counts terminal records whose
+//! correlation ID or `ce_id` it saw before. Exactly-once: any such duplicate fails the batch.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,12 +29,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::model::Workload;
+use crate::model::{Mode, Workload};
+
+/// Exactly-once: how long the watcher goes on reading after a batch completed before the
+/// duplicate check (duplicates from a rewind would follow within a few commit intervals).
+const DUPLICATE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Starts sagas of one workload on one set of topics.
 pub struct Driver {
     producer: FutureProducer,
     workload: Workload,
+    mode: Mode,
     start_topic: String,
     watcher: Watcher,
     /// Sagas started so far (numbers the start events' `user_id`s).
@@ -46,7 +53,7 @@ pub struct Batch {
     pub sagas: Vec<(Instant, Instant)>,
     /// First start to last terminal.
     pub elapsed: Duration,
-    /// Terminal events seen more than once (at-least-once redelivery).
+    /// Terminal events of this batch's sagas seen more than once (at-least-once redelivery).
     pub duplicates: usize,
     /// Per saga: from the terminal record's timestamp (set by the producing service) to the
     /// driver seeing it — the last hop's delivery to the driver, clocks of one machine.
@@ -88,7 +95,12 @@ pub trait Monitor {
 }
 
 impl Driver {
-    pub fn new(brokers: &str, prefix: &str, workload: Workload) -> anyhow::Result<Self> {
+    pub fn new(
+        brokers: &str,
+        prefix: &str,
+        workload: Workload,
+        mode: Mode,
+    ) -> anyhow::Result<Self> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
@@ -110,6 +122,7 @@ impl Driver {
         Ok(Self {
             producer,
             workload,
+            mode,
             start_topic: format!("{prefix}{start}"),
             watcher,
             started: 0,
@@ -149,7 +162,32 @@ impl Driver {
         }
         let mut batch = self.await_terminals(starts, first_start, stall_timeout, monitor)?;
         batch.publish_elapsed = publish_elapsed;
+        if self.mode == Mode::ExactlyOnce {
+            std::thread::sleep(DUPLICATE_SETTLE);
+            self.check_no_duplicates()?;
+        }
         Ok(batch)
+    }
+
+    /// Exactly-once: fails when the watcher has seen any terminal record twice (the same
+    /// correlation ID, or the same `ce_id`), in this batch or an earlier one.
+    pub fn check_no_duplicates(&self) -> anyhow::Result<()> {
+        let d = self.watcher.duplicates();
+        if d.sagas > 0 || d.ids > 0 {
+            bail!(
+                "DUPLICATES in exactly-once mode: {} terminal records repeat a correlation ID, {} repeat a ce_id ({} terminal records read); first ones: {}",
+                d.sagas,
+                d.ids,
+                d.records,
+                d.examples.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Duplicate terminal records seen so far, all batches.
+    pub fn duplicates(&self) -> Duplicates {
+        self.watcher.duplicates()
     }
 
     async fn publish(
@@ -298,9 +336,7 @@ impl Driver {
     /// Terminal events of sagas this driver did not start, of the wrong type, or with data
     /// the choreography cannot have produced (must stay 0).
     pub fn strays(&self) -> usize {
-        self.watcher
-            .strays
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.watcher.strays.load(Ordering::Relaxed)
     }
 }
 
@@ -320,12 +356,26 @@ struct Arrival {
     observation: Duration,
 }
 
+/// Terminal records seen twice by the watcher, over every batch of one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Duplicates {
+    /// Valid terminal records read.
+    pub records: usize,
+    /// Records whose correlation ID (the key) was seen before.
+    pub sagas: usize,
+    /// Records whose `ce_id` was seen before.
+    pub ids: usize,
+    /// The first few: correlation ID, ce_id, partition, offset.
+    pub examples: Vec<String>,
+}
+
 /// Reads the terminal topic on its own thread.
 struct Watcher {
     arrivals: mpsc::Receiver<Arrival>,
     stop: Arc<AtomicBool>,
-    error: Arc<std::sync::Mutex<Option<String>>>,
-    strays: Arc<std::sync::atomic::AtomicUsize>,
+    error: Arc<Mutex<Option<String>>>,
+    strays: Arc<AtomicUsize>,
+    duplicates: Arc<Mutex<Duplicates>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -340,6 +390,8 @@ impl Watcher {
             .set("bootstrap.servers", brokers)
             .set("group.id", "choreograph-bench-watcher")
             .set("enable.auto.commit", "false")
+            // librdkafka's default, explicit: never a record of an aborted transaction.
+            .set("isolation.level", "read_committed")
             .set("allow.auto.create.topics", "false")
             .create()
             .context("creating the terminal-topic watcher")?;
@@ -362,15 +414,19 @@ impl Watcher {
         consumer.assign(&tpl)?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let error = Arc::new(std::sync::Mutex::new(None));
-        let strays = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let error = Arc::new(Mutex::new(None));
+        let strays = Arc::new(AtomicUsize::new(0));
+        let duplicates = Arc::new(Mutex::new(Duplicates::default()));
         let thread = {
             let stop = stop.clone();
             let error = error.clone();
             let strays = strays.clone();
+            let duplicates = duplicates.clone();
             std::thread::Builder::new()
                 .name("terminal-watcher".into())
                 .spawn(move || {
+                    let mut seen_sagas: HashSet<Uuid> = HashSet::new();
+                    let mut seen_ids: HashSet<Vec<u8>> = HashSet::new();
                     while !stop.load(Ordering::Relaxed) {
                         match consumer.poll(Duration::from_millis(20)) {
                             None => {}
@@ -404,6 +460,29 @@ impl Watcher {
                                     .and_then(|k| Uuid::parse_str(k).ok());
                                 match (typed, saga) {
                                     (true, Some(saga)) => {
+                                        let ce_id = m
+                                            .headers()
+                                            .and_then(|hs| hs.iter().find(|h| h.key == "ce_id"))
+                                            .and_then(|h| h.value);
+                                        let again_saga = !seen_sagas.insert(saga);
+                                        let again_id =
+                                            ce_id.is_some_and(|id| !seen_ids.insert(id.to_vec()));
+                                        if let Ok(mut d) = duplicates.lock() {
+                                            d.records += 1;
+                                            d.sagas += usize::from(again_saga);
+                                            d.ids += usize::from(again_id);
+                                            if (again_saga || again_id) && d.examples.len() < 10 {
+                                                d.examples.push(format!(
+                                                    "saga {saga} ce_id {} at {}[{}]@{}",
+                                                    String::from_utf8_lossy(
+                                                        ce_id.unwrap_or_default()
+                                                    ),
+                                                    m.topic(),
+                                                    m.partition(),
+                                                    m.offset()
+                                                ));
+                                            }
+                                        }
                                         let arrival = Arrival {
                                             saga,
                                             at,
@@ -427,8 +506,16 @@ impl Watcher {
             stop,
             error,
             strays,
+            duplicates,
             thread: Some(thread),
         })
+    }
+
+    fn duplicates(&self) -> Duplicates {
+        self.duplicates
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
     }
 
     fn error(&self) -> String {

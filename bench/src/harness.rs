@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
 use crate::driver::{Driver, Monitor, Pace};
-use crate::model::{Implementation, Workload};
+use crate::model::{Implementation, Mode, Workload};
 use crate::procs::{self, Broker, ServiceProcess};
 use crate::report::{self, Percentiles, Run};
 use crate::RunArgs;
@@ -37,7 +37,8 @@ struct Results<'a> {
     runs: &'a [Run],
     summaries: &'a [report::Summary],
     targets: &'a [report::Target],
-    exactly_once: &'static str,
+    /// Implementation × mode combinations asked for that have no row, and why.
+    unavailable: Vec<report::Unavailable>,
     notes: &'static [&'static str],
 }
 
@@ -45,7 +46,8 @@ const NOTES: &[&str] = &[
     "Joins are kept in process memory keyed by correlation ID in every implementation (the framework's durable per-saga state is not there yet).",
     "CPU is the run time of every thread of the service processes (/proc/PID/task/*/schedstat, ns); utime+stime from /proc/PID/stat (10 ms ticks) is kept beside it; peak RSS is VmHWM from /proc/PID/status.",
     "Latency: terminal event seen by the driver minus the start event handed to the driver's producer, at the fixed offered rate.",
-    "Ratios are ratios of medians against raw from the same harness run.",
+    "Ratios are ratios of medians against raw of the same delivery mode from the same harness run; eos_vs_alo divides an implementation's exactly-once medians by its at-least-once medians.",
+    "Exactly-once: choreograph runs Delivery::ExactlyOnce (instance ID <role>-1, commit_interval 100 ms); raw is a hand-written transactional loop (bench/src/svc_raw.rs); the driver's watcher reads read_committed and fails a batch on any terminal record whose correlation ID or ce_id it saw before.",
 ];
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -105,11 +107,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let summaries = report::summarize(&runs);
     let targets = report::targets(&summaries);
-    let md = report::markdown(&summaries, &targets, args.rate, args.reps);
+    let unavailable = report::unavailable(&args.impls, &args.workloads, &args.modes);
+    let md = report::markdown(&summaries, &targets, &unavailable, args.rate, args.reps);
     println!("{md}");
 
     let results = Results {
-        schema: 1,
+        schema: 2,
         started_at: started_at.to_rfc3339(),
         finished_at: chrono::Utc::now().to_rfc3339(),
         command: std::env::args().collect(),
@@ -118,7 +121,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         runs: &runs,
         summaries: &summaries,
         targets: &targets,
-        exactly_once: "not available: the framework has no exactly-once mode yet",
+        unavailable,
         notes: NOTES,
     };
     if let Some(dir) = args.out.parent() {
@@ -158,7 +161,16 @@ fn measure_all(
     say("warming the broker up".into());
     warm_broker(&rt, &admin, brokers, &format!("bench.{run_id}.warmup"))?;
 
-    let total = args.reps * args.workloads.len() * args.impls.len();
+    let per_rep = args
+        .modes
+        .iter()
+        .flat_map(|&m| {
+            args.impls
+                .iter()
+                .filter(move |i| i.unavailable(m).is_none())
+        })
+        .count();
+    let total = args.reps * args.workloads.len() * per_rep;
     let overall = multi.add(ProgressBar::new(total as u64));
     overall.set_style(
         ProgressStyle::with_template(
@@ -175,12 +187,25 @@ fn measure_all(
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
         for &workload in &args.workloads {
-            for &implementation in &args.impls {
-                let label = format!("{} {} #{rep}", implementation.name(), workload.name());
+            for (&mode, &implementation) in args
+                .modes
+                .iter()
+                .flat_map(|m| args.impls.iter().map(move |i| (m, i)))
+            {
+                if implementation.unavailable(mode).is_some() {
+                    continue;
+                }
+                let label = format!(
+                    "{} {} {} #{rep}",
+                    implementation.name(),
+                    mode.short(),
+                    workload.name()
+                );
                 overall.set_message(label.clone());
                 let prefix = format!(
-                    "bench.{run_id}.{}.{}.r{rep}.",
+                    "bench.{run_id}.{}.{}.{}.r{rep}.",
                     implementation.name(),
+                    mode.short(),
                     workload.name()
                 );
                 let run = measure_one(
@@ -189,6 +214,7 @@ fn measure_all(
                     args,
                     Config {
                         implementation,
+                        mode,
                         workload,
                         rep,
                         brokers,
@@ -204,7 +230,7 @@ fn measure_all(
                 let _ = delete_topics(&rt, &admin, &prefix);
                 let run = run?;
                 say(format!(
-                    "{label:28} {:7.0} sagas/s  load {:.1}  p50 {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms (last hop to driver p50 {:.1} p99 {:.1})  CPU {:.2} s/1k   RSS {}",
+                    "{label:32} {:7.0} sagas/s  load {:.1}  p50 {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms (last hop to driver p50 {:.1} p99 {:.1})  CPU {:.2} s/1k   RSS {}",
                     run.throughput_sagas_per_s,
                     run.load_average.1,
                     run.latency_ms.p50,
@@ -231,6 +257,7 @@ fn measure_all(
 
 struct Config<'a> {
     implementation: Implementation,
+    mode: Mode,
     workload: Workload,
     rep: usize,
     brokers: &'a str,
@@ -364,20 +391,23 @@ fn measure_one(
         profilers: Vec::new(),
     };
     let label = format!(
-        "{} {} #{}",
+        "{} {} {} #{}",
         c.implementation.name(),
+        c.mode.short(),
+        c.workload.name(),
+        c.rep
+    );
+    // Names in logs and profiles: <impl>-<mode>-<workload>-r<rep>.
+    let stem = format!(
+        "{}-{}-{}-r{}",
+        c.implementation.name(),
+        c.mode.short(),
         c.workload.name(),
         c.rep
     );
     for role in c.workload.roles() {
         let name = format!("{}-{}", c.implementation.name(), role.name());
-        let log = c.logs.join(format!(
-            "{}-{}-r{}-{}.log",
-            c.implementation.name(),
-            c.workload.name(),
-            c.rep,
-            role.name()
-        ));
+        let log = c.logs.join(format!("{stem}-{}.log", role.name()));
         let (program, argv): (&Path, Vec<String>) = match c.implementation {
             Implementation::Watermill => (
                 c.watermill.context("the Watermill peer was not built")?,
@@ -401,6 +431,12 @@ fn measure_one(
                     c.brokers.into(),
                     "--prefix".into(),
                     c.prefix.into(),
+                    "--mode".into(),
+                    c.mode.name().into(),
+                    // Stable per process: exactly-once, the transactional.id is
+                    // <group>.<instance>, and the group is unique to this configuration.
+                    "--instance-id".into(),
+                    format!("{}-1", role.name()),
                 ];
                 for (k, v) in &args.kafka_properties {
                     argv.push("--property".into());
@@ -421,7 +457,7 @@ fn measure_one(
     }
 
     let result = (|| -> anyhow::Result<Run> {
-        let mut driver = Driver::new(c.brokers, c.prefix, c.workload)?;
+        let mut driver = Driver::new(c.brokers, c.prefix, c.workload, c.mode)?;
         let stall = Duration::from_secs(args.stall_timeout);
         let set_phase = |what: &str, n: usize| {
             bar.reset();
@@ -458,17 +494,7 @@ fn measure_one(
         // CPU while stopped does not move, so sampling before the backlog is published is
         // the same as sampling at the resume.
         set_phase("saturation (backlog)", args.sagas);
-        services.profile = args.profile_dir.as_ref().map(|d| {
-            (
-                d.clone(),
-                format!(
-                    "{}-{}-r{}",
-                    c.implementation.name(),
-                    c.workload.name(),
-                    c.rep
-                ),
-            )
-        });
+        services.profile = args.profile_dir.as_ref().map(|d| (d.clone(), stem.clone()));
         let broker_cpu = || {
             c.broker_pid
                 .and_then(|p| procs::cpu_seconds(p).ok())
@@ -483,6 +509,10 @@ fn measure_one(
         let sat = sat?;
         let peak_rss_mib = services.peak_rss()?;
 
+        let duplicates = driver.duplicates();
+        if c.mode == Mode::ExactlyOnce {
+            driver.check_no_duplicates()?;
+        }
         if driver.strays() > 0 {
             bail!(
                 "{} terminal events are wrong (wrong type, wrong data, or no saga the driver started)",
@@ -492,6 +522,7 @@ fn measure_one(
         let secs = sat.elapsed.as_secs_f64();
         Ok(Run {
             implementation: c.implementation,
+            mode: c.mode,
             workload: c.workload,
             repetition: c.rep,
             throughput_sagas: args.sagas,
@@ -513,6 +544,9 @@ fn measure_one(
             peak_rss_mib_fixed_rate: rss_fixed,
             load_average: (load_before, load_average()),
             duplicate_terminals: warm.duplicates + sat.duplicates + fixed.duplicates,
+            terminal_records: duplicates.records,
+            duplicate_terminal_sagas: duplicates.sagas,
+            duplicate_terminal_ce_ids: duplicates.ids,
         })
     })();
     let failed = result.is_err();

@@ -2,7 +2,8 @@
 //! broker, in the same run. See `bench/README.md`.
 //!
 //! `choreograph-bench [OPTIONS]` runs the harness; `choreograph-bench service ...` (hidden) is
-//! one service process of the "choreograph" or "raw" implementation, started by the harness.
+//! one service process of the "choreograph" or "raw" implementation, in one delivery mode,
+//! started by the harness.
 
 mod driver;
 mod harness;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use model::{Implementation, Role, Workload};
+use model::{Implementation, Mode, Role, Workload};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +67,14 @@ pub struct RunArgs {
     /// Workloads to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "registration,chain")]
     pub workloads: Vec<Workload>,
+    /// Delivery modes to measure, comma-separated (Watermill has at-least-once only: its
+    /// exactly-once row is reported as not available).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "at-least-once,exactly-once"
+    )]
+    pub modes: Vec<Mode>,
     /// Sagas per saturation batch (throughput, CPU).
     #[arg(short = 'n', long, default_value_t = 10_000)]
     pub sagas: usize,
@@ -120,6 +129,12 @@ struct ServiceArgs {
     brokers: String,
     #[arg(long)]
     prefix: String,
+    /// The delivery mode.
+    #[arg(long, default_value = "at-least-once")]
+    mode: Mode,
+    /// A stable instance ID (exactly-once: part of the transactional.id).
+    #[arg(long)]
+    instance_id: String,
     /// librdkafka properties, KEY=VALUE.
     #[arg(long = "property", value_parser = parse_property)]
     properties: Vec<(String, String)>,
@@ -165,8 +180,8 @@ fn validate(a: &RunArgs) -> anyhow::Result<()> {
     if !(a.rate > 0.0 && a.rate.is_finite()) {
         anyhow::bail!("--rate must be a positive number");
     }
-    if a.impls.is_empty() || a.workloads.is_empty() {
-        anyhow::bail!("--impls and --workloads need at least one value");
+    if a.impls.is_empty() || a.workloads.is_empty() || a.modes.is_empty() {
+        anyhow::bail!("--impls, --workloads and --modes need at least one value");
     }
     Ok(())
 }
@@ -183,10 +198,21 @@ fn serve(s: ServiceArgs) -> anyhow::Result<()> {
             s.role,
             &s.brokers,
             &s.prefix,
+            s.mode,
+            &s.instance_id,
             &s.properties,
             s.max_in_flight,
         ),
-        Implementation::Raw => svc_raw::run(s.role, &s.brokers, &s.prefix, &s.properties),
+        Implementation::Raw => match s.mode {
+            Mode::AtLeastOnce => svc_raw::run(s.role, &s.brokers, &s.prefix, &s.properties),
+            Mode::ExactlyOnce => svc_raw::run_exactly_once(
+                s.role,
+                &s.brokers,
+                &s.prefix,
+                &s.instance_id,
+                &s.properties,
+            ),
+        },
         Implementation::Watermill => {
             anyhow::bail!("the Watermill services are the Go program in bench/watermill")
         }

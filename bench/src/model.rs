@@ -221,11 +221,11 @@ impl Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Implementation {
-    /// Services written with the Choreograph framework (at-least-once, its default).
+    /// Services written with the Choreograph framework (either delivery mode).
     Choreograph,
-    /// The same directly on rdkafka: hand-written consume → produce → commit loops.
+    /// The same directly on rdkafka: hand-written consume → produce → commit loops (either mode).
     Raw,
-    /// Go, Watermill router + watermill-kafka (Sarama).
+    /// Go, Watermill router + watermill-kafka (Sarama); at-least-once only.
     Watermill,
 }
 
@@ -235,6 +235,49 @@ impl Implementation {
             Implementation::Choreograph => "choreograph",
             Implementation::Raw => "raw",
             Implementation::Watermill => "watermill",
+        }
+    }
+}
+
+/// A delivery guarantee, measured as its own row.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Inputs committed after their outputs were acknowledged (redelivery possible).
+    #[default]
+    AtLeastOnce,
+    /// Outputs and input offsets in one Kafka transaction per commit interval; consumers
+    /// read `read_committed`.
+    ExactlyOnce,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::AtLeastOnce => "at-least-once",
+            Mode::ExactlyOnce => "exactly-once",
+        }
+    }
+
+    /// Short form for topic prefixes and file names.
+    pub fn short(self) -> &'static str {
+        match self {
+            Mode::AtLeastOnce => "alo",
+            Mode::ExactlyOnce => "eos",
+        }
+    }
+}
+
+impl Implementation {
+    /// Why this implementation has no row in `mode`, if it has none.
+    pub fn unavailable(self, mode: Mode) -> Option<&'static str> {
+        match (self, mode) {
+            (Implementation::Watermill, Mode::ExactlyOnce) => Some(
+                "not available: Watermill's Kafka Pub/Sub (watermill-kafka on Sarama) has no transactions",
+            ),
+            _ => None,
         }
     }
 }

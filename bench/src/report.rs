@@ -1,5 +1,6 @@
 //! Results: one record per measured run, summaries (median, min–max over repetitions), ratios
-//! against raw from the same harness run, the targets, a Markdown table and JSON.
+//! against raw of the same delivery mode from the same harness run, exactly-once against
+//! at-least-once per implementation, the targets, Markdown tables and JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Implementation, Workload};
+use crate::model::{Implementation, Mode, Workload};
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,10 +42,13 @@ impl Percentiles {
     }
 }
 
-/// One implementation × workload × repetition.
+/// One implementation × delivery mode × workload × repetition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {
     pub implementation: Implementation,
+    /// Absent in results files written before the mode existed: at-least-once.
+    #[serde(default)]
+    pub mode: Mode,
     pub workload: Workload,
     pub repetition: usize,
     /// Saturation: a backlog of this many sagas, seconds from resuming the services to the last
@@ -78,8 +82,18 @@ pub struct Run {
     pub peak_rss_mib: BTreeMap<String, f64>,
     /// Peak RSS per service process before the backlog: warm-up and the fixed-rate batch.
     pub peak_rss_mib_fixed_rate: BTreeMap<String, f64>,
-    /// Terminal events seen twice (at-least-once redelivery), all batches.
+    /// Terminal events of a batch's sagas seen twice within the batch (at-least-once
+    /// redelivery), all batches.
     pub duplicate_terminals: usize,
+    /// Valid terminal records the watcher read over the whole configuration (warm-up, fixed
+    /// rate, saturation), and how many of them repeated a correlation ID or a `ce_id` read
+    /// before. Exactly-once: a repeat fails the run, so a recorded exactly-once run has 0.
+    #[serde(default)]
+    pub terminal_records: usize,
+    #[serde(default)]
+    pub duplicate_terminal_sagas: usize,
+    #[serde(default)]
+    pub duplicate_terminal_ce_ids: usize,
     /// The machine's 1-minute load average when the configuration started and ended (on 2
     /// cores, anything well above 2 means other work competed with the measurement).
     pub load_average: (f64, f64),
@@ -131,10 +145,11 @@ impl Spread {
     }
 }
 
-/// An implementation × workload over its repetitions.
+/// An implementation × delivery mode × workload over its repetitions.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub implementation: Implementation,
+    pub mode: Mode,
     pub workload: Workload,
     pub repetitions: usize,
     pub throughput_sagas_per_s: Spread,
@@ -153,9 +168,62 @@ pub struct Summary {
     pub load_average: Spread,
     /// Per service process, over repetitions.
     pub peak_rss_mib_per_service: BTreeMap<String, Spread>,
-    /// Ratios of medians against raw of the same harness run (absent for raw itself or when
-    /// raw was not measured).
+    /// Terminal records that repeated a correlation ID, all repetitions (at-least-once:
+    /// redelivery; exactly-once: must be 0).
+    pub duplicate_terminal_sagas: usize,
+    /// Ratios of medians against raw of the same mode and harness run (absent for raw itself
+    /// or when raw was not measured in this mode).
     pub vs_raw: Option<Ratios>,
+    /// Exactly-once rows: ratios of medians against the same implementation's at-least-once
+    /// row of the same run (absent when that was not measured).
+    pub eos_vs_alo: Option<ModeRatios>,
+}
+
+/// Exactly-once medians divided by at-least-once medians, one implementation and workload.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ModeRatios {
+    pub throughput: f64,
+    /// The throughput ratio per repetition (exactly-once run ÷ the at-least-once run of the
+    /// same repetition, measured a few tens of seconds apart), median and range: less exposed
+    /// to slow drift of a shared machine than the ratio of medians.
+    pub throughput_paired: Spread,
+    pub latency_p50: f64,
+    pub latency_p99: f64,
+    pub cpu: f64,
+    pub peak_rss: f64,
+}
+
+/// An implementation × mode asked for but not measurable, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub implementation: Implementation,
+    pub mode: Mode,
+    pub workload: Workload,
+    pub reason: String,
+}
+
+/// The implementation × mode × workload combinations without a row.
+pub fn unavailable(
+    impls: &[Implementation],
+    workloads: &[Workload],
+    modes: &[Mode],
+) -> Vec<Unavailable> {
+    let mut out = Vec::new();
+    for &workload in workloads {
+        for &mode in modes {
+            for &implementation in impls {
+                if let Some(reason) = implementation.unavailable(mode) {
+                    out.push(Unavailable {
+                        implementation,
+                        mode,
+                        workload,
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -167,18 +235,25 @@ pub struct Ratios {
 }
 
 pub fn summarize(runs: &[Run]) -> Vec<Summary> {
-    let mut keys: Vec<(Workload, Implementation)> = Vec::new();
+    let mut keys: Vec<(Workload, Mode, Implementation)> = Vec::new();
     for r in runs {
-        if !keys.contains(&(r.workload, r.implementation)) {
-            keys.push((r.workload, r.implementation));
+        if !keys.contains(&(r.workload, r.mode, r.implementation)) {
+            keys.push((r.workload, r.mode, r.implementation));
         }
     }
+    // Per workload: at-least-once first, then exactly-once; implementations in run order.
+    keys.sort_by_key(|&(w, m, _)| {
+        (
+            runs.iter().position(|r| r.workload == w).unwrap_or(0),
+            m == Mode::ExactlyOnce,
+        )
+    });
     let mut out: Vec<Summary> = keys
         .iter()
-        .map(|&(w, i)| {
+        .map(|&(w, m, i)| {
             let rs: Vec<&Run> = runs
                 .iter()
-                .filter(|r| r.workload == w && r.implementation == i)
+                .filter(|r| r.workload == w && r.mode == m && r.implementation == i)
                 .collect();
             let mut per_service: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for r in &rs {
@@ -188,6 +263,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
             }
             Summary {
                 implementation: i,
+                mode: m,
                 workload: w,
                 repetitions: rs.len(),
                 throughput_sagas_per_s: Spread::of(rs.iter().map(|r| r.throughput_sagas_per_s)),
@@ -206,26 +282,58 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                     .into_iter()
                     .map(|(k, v)| (k, Spread::of(v)))
                     .collect(),
+                duplicate_terminal_sagas: rs.iter().map(|r| r.duplicate_terminal_sagas).sum(),
                 vs_raw: None,
+                eos_vs_alo: None,
             }
         })
         .collect();
-    let raws: Vec<Summary> = out
-        .iter()
-        .filter(|s| s.implementation == Implementation::Raw)
-        .cloned()
-        .collect();
+    let all = out.clone();
     for s in &mut out {
-        if s.implementation == Implementation::Raw {
-            continue;
+        if s.implementation != Implementation::Raw {
+            if let Some(raw) = all.iter().find(|r| {
+                r.implementation == Implementation::Raw
+                    && r.workload == s.workload
+                    && r.mode == s.mode
+            }) {
+                s.vs_raw = Some(Ratios {
+                    throughput: s.throughput_sagas_per_s.median / raw.throughput_sagas_per_s.median,
+                    latency_p99: s.latency_p99_ms.median / raw.latency_p99_ms.median,
+                    cpu: s.cpu_s_per_1k_sagas.median / raw.cpu_s_per_1k_sagas.median,
+                    peak_rss: s.peak_rss_mib.median / raw.peak_rss_mib.median,
+                });
+            }
         }
-        if let Some(raw) = raws.iter().find(|r| r.workload == s.workload) {
-            s.vs_raw = Some(Ratios {
-                throughput: s.throughput_sagas_per_s.median / raw.throughput_sagas_per_s.median,
-                latency_p99: s.latency_p99_ms.median / raw.latency_p99_ms.median,
-                cpu: s.cpu_s_per_1k_sagas.median / raw.cpu_s_per_1k_sagas.median,
-                peak_rss: s.peak_rss_mib.median / raw.peak_rss_mib.median,
-            });
+        if s.mode == Mode::ExactlyOnce {
+            if let Some(alo) = all.iter().find(|a| {
+                a.implementation == s.implementation
+                    && a.workload == s.workload
+                    && a.mode == Mode::AtLeastOnce
+            }) {
+                let paired = runs.iter().filter(|e| {
+                    e.mode == Mode::ExactlyOnce
+                        && e.implementation == s.implementation
+                        && e.workload == s.workload
+                });
+                let paired = Spread::of(paired.filter_map(|e| {
+                    runs.iter()
+                        .find(|a| {
+                            a.mode == Mode::AtLeastOnce
+                                && a.implementation == e.implementation
+                                && a.workload == e.workload
+                                && a.repetition == e.repetition
+                        })
+                        .map(|a| e.throughput_sagas_per_s / a.throughput_sagas_per_s)
+                }));
+                s.eos_vs_alo = Some(ModeRatios {
+                    throughput: s.throughput_sagas_per_s.median / alo.throughput_sagas_per_s.median,
+                    throughput_paired: paired,
+                    latency_p50: s.latency_p50_ms.median / alo.latency_p50_ms.median,
+                    latency_p99: s.latency_p99_ms.median / alo.latency_p99_ms.median,
+                    cpu: s.cpu_s_per_1k_sagas.median / alo.cpu_s_per_1k_sagas.median,
+                    peak_rss: s.peak_rss_mib.median / alo.peak_rss_mib.median,
+                });
+            }
         }
     }
     out
@@ -243,10 +351,10 @@ pub struct Target {
 
 pub fn targets(summaries: &[Summary]) -> Vec<Target> {
     let mut out = Vec::new();
-    let find = |w: Workload, i: Implementation| {
+    let find = |w: Workload, m: Mode, i: Implementation| {
         summaries
             .iter()
-            .find(|s| s.workload == w && s.implementation == i)
+            .find(|s| s.workload == w && s.mode == m && s.implementation == i)
     };
     let mut workloads: Vec<Workload> = Vec::new();
     for s in summaries {
@@ -255,15 +363,17 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
         }
     }
     for w in workloads {
-        let Some(c) = find(w, Implementation::Choreograph) else {
+        let alo = find(w, Mode::AtLeastOnce, Implementation::Choreograph);
+        let eos = find(w, Mode::ExactlyOnce, Implementation::Choreograph);
+        if alo.is_none() && eos.is_none() {
             continue;
-        };
-        let raw = find(w, Implementation::Raw);
-        let wm = find(w, Implementation::Watermill);
+        }
         let ratio_target =
-            |name: &str, num: f64, den: Option<f64>, ok: &dyn Fn(f64) -> bool| match den {
-                Some(d) => {
-                    let r = num / d;
+            |name: &str, num: Option<f64>, den: Option<f64>, ok: &dyn Fn(f64) -> bool| match num
+                .zip(den)
+            {
+                Some((n, d)) => {
+                    let r = n / d;
                     Target {
                         workload: w,
                         name: name.to_owned(),
@@ -278,48 +388,79 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
                     met: None,
                 },
             };
+        let raw_alo = find(w, Mode::AtLeastOnce, Implementation::Raw);
+        let wm_alo = find(w, Mode::AtLeastOnce, Implementation::Watermill);
         out.push(ratio_target(
             "at-least-once throughput ≥ 0.9 × raw",
-            c.throughput_sagas_per_s.median,
-            raw.map(|r| r.throughput_sagas_per_s.median),
+            alo.map(|c| c.throughput_sagas_per_s.median),
+            raw_alo.map(|r| r.throughput_sagas_per_s.median),
             &|r| r >= 0.9,
         ));
         out.push(ratio_target(
             "at-least-once throughput ≥ 2 × Watermill",
-            c.throughput_sagas_per_s.median,
-            wm.map(|r| r.throughput_sagas_per_s.median),
+            alo.map(|c| c.throughput_sagas_per_s.median),
+            wm_alo.map(|r| r.throughput_sagas_per_s.median),
             &|r| r >= 2.0,
         ));
         out.push(ratio_target(
             "p99 at the fixed rate ≤ 1.2 × raw",
-            c.latency_p99_ms.median,
-            raw.map(|r| r.latency_p99_ms.median),
+            alo.map(|c| c.latency_p99_ms.median),
+            raw_alo.map(|r| r.latency_p99_ms.median),
             &|r| r <= 1.2,
         ));
-        out.push(Target {
-            workload: w,
-            name: "exactly-once throughput ≥ 0.5 × at-least-once".into(),
-            measured: "not available: the framework has no exactly-once mode yet".into(),
-            met: None,
-        });
-        out.push(Target {
-            workload: w,
-            name: "peak RSS per service process < 30 MiB, fixed rate".into(),
-            measured: format!(
-                "{:.1} MiB (largest service, worst repetition)",
-                c.peak_rss_mib_fixed_rate.max
-            ),
-            met: Some(c.peak_rss_mib_fixed_rate.max < 30.0),
-        });
-        out.push(Target {
-            workload: w,
-            name: "peak RSS per service process < 30 MiB, with the saturation backlog".into(),
-            measured: format!(
-                "{:.1} MiB (largest service, worst repetition)",
-                c.peak_rss_mib.max
-            ),
-            met: Some(c.peak_rss_mib.max < 30.0),
-        });
+        let mut eos_target = ratio_target(
+            "exactly-once throughput ≥ 0.5 × at-least-once",
+            eos.map(|c| c.throughput_sagas_per_s.median),
+            alo.map(|c| c.throughput_sagas_per_s.median),
+            &|r| r >= 0.5,
+        );
+        if let (Some(e), Some(a)) = (eos, alo) {
+            let _ = write!(
+                eos_target.measured,
+                " ({:.0} ÷ {:.0} sagas/s",
+                e.throughput_sagas_per_s.median, a.throughput_sagas_per_s.median
+            );
+            if let Some(p) = e.eos_vs_alo.map(|r| r.throughput_paired) {
+                let _ = write!(
+                    eos_target.measured,
+                    "; per repetition {:.2} ({:.2}–{:.2})",
+                    p.median, p.min, p.max
+                );
+            }
+            if let Some(r) =
+                find(w, Mode::ExactlyOnce, Implementation::Raw).and_then(|r| r.eos_vs_alo)
+            {
+                let _ = write!(eos_target.measured, "; raw: {:.2}×", r.throughput);
+            }
+            eos_target.measured.push(')');
+        }
+        out.push(eos_target);
+        for c in [alo, eos].into_iter().flatten() {
+            out.push(Target {
+                workload: w,
+                name: format!(
+                    "peak RSS per service process < 30 MiB, fixed rate ({})",
+                    c.mode.name()
+                ),
+                measured: format!(
+                    "{:.1} MiB (largest service, worst repetition)",
+                    c.peak_rss_mib_fixed_rate.max
+                ),
+                met: Some(c.peak_rss_mib_fixed_rate.max < 30.0),
+            });
+            out.push(Target {
+                workload: w,
+                name: format!(
+                    "peak RSS per service process < 30 MiB, with the saturation backlog ({})",
+                    c.mode.name()
+                ),
+                measured: format!(
+                    "{:.1} MiB (largest service, worst repetition)",
+                    c.peak_rss_mib.max
+                ),
+                met: Some(c.peak_rss_mib.max < 30.0),
+            });
+        }
     }
     out
 }
@@ -355,6 +496,8 @@ pub fn reprint(path: &std::path::Path) -> anyhow::Result<()> {
     struct File {
         settings: Settings,
         runs: Vec<Run>,
+        #[serde(default)]
+        unavailable: Vec<Unavailable>,
     }
     let text = std::fs::read_to_string(path)?;
     let file: File = serde_json::from_str(&text)?;
@@ -362,13 +505,26 @@ pub fn reprint(path: &std::path::Path) -> anyhow::Result<()> {
     let targets = targets(&summaries);
     println!(
         "{}",
-        markdown(&summaries, &targets, file.settings.rate, file.settings.reps)
+        markdown(
+            &summaries,
+            &targets,
+            &file.unavailable,
+            file.settings.rate,
+            file.settings.reps
+        )
     );
     Ok(())
 }
 
-/// The results as Markdown: one table per workload, then the targets.
-pub fn markdown(summaries: &[Summary], targets: &[Target], rate: f64, reps: usize) -> String {
+/// The results as Markdown: per workload one table (both modes, ratios against raw of the
+/// same mode) and the exactly-once ÷ at-least-once ratios; then the targets.
+pub fn markdown(
+    summaries: &[Summary],
+    targets: &[Target],
+    unavailable: &[Unavailable],
+    rate: f64,
+    reps: usize,
+) -> String {
     let mut md = String::new();
     let mut workloads: Vec<Workload> = Vec::new();
     for s in summaries {
@@ -383,60 +539,75 @@ pub fn markdown(summaries: &[Summary], targets: &[Target], rate: f64, reps: usiz
         };
         let _ = writeln!(
             md,
-            "\n### {} ({hops} hops), at-least-once — median (min–max) of {reps} repetitions\n",
+            "\n### {} ({hops} hops) — median (min–max) of {reps} repetitions\n",
             w.name()
         );
         let _ = writeln!(
             md,
-            "| implementation | sagas/s at saturation | × raw | p50 ms @ {rate:.0}/s | p90 ms | p99 ms | p99 × raw | max ms | CPU s / 1k sagas | × raw | broker CPU s / 1k sagas | peak RSS MiB, fixed rate | peak RSS MiB, with backlog |"
+            "| implementation | mode | sagas/s at saturation | × raw | p50 ms @ {rate:.0}/s | p90 ms | p99 ms | p99 × raw | max ms | CPU s / 1k sagas | × raw | broker CPU s / 1k sagas | peak RSS MiB, fixed rate | peak RSS MiB, with backlog |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for s in summaries.iter().filter(|s| s.workload == w) {
-            let v = s.vs_raw;
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                s.implementation.name(),
-                cell(s.throughput_sagas_per_s, 0),
-                if s.implementation == Implementation::Raw {
-                    "1.00×".into()
-                } else {
-                    ratio(v.map(|v| v.throughput))
-                },
-                cell(s.latency_p50_ms, 1),
-                cell(s.latency_p90_ms, 1),
-                cell(s.latency_p99_ms, 1),
-                if s.implementation == Implementation::Raw {
-                    "1.00×".into()
-                } else {
-                    ratio(v.map(|v| v.latency_p99))
-                },
-                cell(s.latency_max_ms, 1),
-                cell(s.cpu_s_per_1k_sagas, 3),
-                if s.implementation == Implementation::Raw {
-                    "1.00×".into()
-                } else {
-                    ratio(v.map(|v| v.cpu))
-                },
-                cell(s.broker_cpu_s_per_1k_sagas, 3),
-                cell(s.peak_rss_mib_fixed_rate, 1),
-                cell(s.peak_rss_mib, 1),
-            );
-        }
         let _ = writeln!(
             md,
-            "| choreograph, exactly-once | not available: the framework has no exactly-once mode yet | | | | | | | | | | | |"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
-        let rss: Vec<String> = summaries
+        let rows: Vec<&Summary> = summaries.iter().filter(|s| s.workload == w).collect();
+        for mode in [Mode::AtLeastOnce, Mode::ExactlyOnce] {
+            for s in rows.iter().filter(|s| s.mode == mode) {
+                let v = s.vs_raw;
+                let raw = s.implementation == Implementation::Raw;
+                let vs = |f: fn(&Ratios) -> f64| {
+                    if raw {
+                        "1.00×".to_owned()
+                    } else {
+                        ratio(v.as_ref().map(f))
+                    }
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    s.implementation.name(),
+                    s.mode.name(),
+                    cell(s.throughput_sagas_per_s, 0),
+                    vs(|r| r.throughput),
+                    cell(s.latency_p50_ms, 1),
+                    cell(s.latency_p90_ms, 1),
+                    cell(s.latency_p99_ms, 1),
+                    vs(|r| r.latency_p99),
+                    cell(s.latency_max_ms, 1),
+                    cell(s.cpu_s_per_1k_sagas, 3),
+                    vs(|r| r.cpu),
+                    cell(s.broker_cpu_s_per_1k_sagas, 3),
+                    cell(s.peak_rss_mib_fixed_rate, 1),
+                    cell(s.peak_rss_mib, 1),
+                );
+            }
+            for u in unavailable
+                .iter()
+                .filter(|u| u.workload == w && u.mode == mode)
+            {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | | | | | | | | | | | |",
+                    u.implementation.name(),
+                    u.mode.name(),
+                    u.reason
+                );
+            }
+        }
+        let rss: Vec<String> = rows
             .iter()
-            .filter(|s| s.workload == w)
             .map(|s| {
                 let per: Vec<String> = s
                     .peak_rss_mib_per_service
                     .iter()
                     .map(|(k, v)| format!("{k} {:.1}", v.median))
                     .collect();
-                format!("{}: {}", s.implementation.name(), per.join(", "))
+                format!(
+                    "{} {}: {}",
+                    s.implementation.name(),
+                    s.mode.name(),
+                    per.join(", ")
+                )
             })
             .collect();
         let _ = writeln!(
@@ -444,13 +615,13 @@ pub fn markdown(summaries: &[Summary], targets: &[Target], rate: f64, reps: usiz
             "\nPeak RSS per service process with the backlog, MiB (median): {}.",
             rss.join("; ")
         );
-        let load: Vec<String> = summaries
+        let load: Vec<String> = rows
             .iter()
-            .filter(|s| s.workload == w)
             .map(|s| {
                 format!(
-                    "{} {:.1}–{:.1}",
+                    "{} {} {:.1}–{:.1}",
                     s.implementation.name(),
+                    s.mode.name(),
                     s.load_average.min,
                     s.load_average.max
                 )
@@ -461,9 +632,52 @@ pub fn markdown(summaries: &[Summary], targets: &[Target], rate: f64, reps: usiz
             "1-minute load average while measuring (2 cores): {}.",
             load.join(", ")
         );
+        let dups: Vec<String> = rows
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}",
+                    s.implementation.name(),
+                    s.mode.name(),
+                    s.duplicate_terminal_sagas
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "Duplicate terminal records (same correlation ID), all repetitions: {}.",
+            dups.join(", ")
+        );
+        let eos: Vec<&&Summary> = rows.iter().filter(|s| s.eos_vs_alo.is_some()).collect();
+        if !eos.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nExactly-once ÷ at-least-once, {} (ratios of medians, same implementation, same run):\n",
+                w.name()
+            );
+            let _ = writeln!(
+                md,
+                "| implementation | throughput | throughput, per repetition: median (min–max) | p50 @ {rate:.0}/s | p99 @ {rate:.0}/s | CPU s / 1k sagas | peak RSS, with backlog |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            for s in eos {
+                let r = s.eos_vs_alo.expect("filtered");
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    s.implementation.name(),
+                    ratio(Some(r.throughput)),
+                    cell(r.throughput_paired, 2),
+                    ratio(Some(r.latency_p50)),
+                    ratio(Some(r.latency_p99)),
+                    ratio(Some(r.cpu)),
+                    ratio(Some(r.peak_rss)),
+                );
+            }
+        }
     }
     if !targets.is_empty() {
-        let _ = writeln!(md, "\n### Targets (choreograph, at-least-once)\n");
+        let _ = writeln!(md, "\n### Targets (choreograph)\n");
         let _ = writeln!(md, "| workload | target | measured | met |");
         let _ = writeln!(md, "|---|---|---|---|");
         for t in targets {
@@ -493,6 +707,98 @@ mod tests {
         let l: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let p = Percentiles::of(&l);
         assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+    }
+
+    fn run(implementation: Implementation, mode: Mode, repetition: usize, tput: f64) -> Run {
+        let p = Percentiles::of(&[Duration::from_millis(10)]);
+        Run {
+            implementation,
+            mode,
+            workload: Workload::Chain,
+            repetition,
+            throughput_sagas: 1000,
+            throughput_seconds: 1000.0 / tput,
+            throughput_sagas_per_s: tput,
+            backlog_publish_seconds: 0.1,
+            saturation_latency_ms: p.clone(),
+            latency_sagas: 10,
+            offered_rate: 100.0,
+            latency_ms: p.clone(),
+            driver_observation_ms: p,
+            cpu_s_per_1k_sagas: 1.0,
+            broker_cpu_s_per_1k_sagas: None,
+            cpu_s_per_1k_sagas_stat_ticks: 1.0,
+            cpu_s_per_1k_sagas_fixed_rate: 1.0,
+            peak_rss_mib: BTreeMap::new(),
+            peak_rss_mib_fixed_rate: BTreeMap::new(),
+            duplicate_terminals: 0,
+            terminal_records: 0,
+            duplicate_terminal_sagas: 0,
+            duplicate_terminal_ce_ids: 0,
+            load_average: (1.0, 1.0),
+        }
+    }
+
+    #[test]
+    fn ratios_against_raw_of_the_same_mode_and_eos_over_alo() {
+        use Implementation::{Choreograph, Raw};
+        use Mode::{AtLeastOnce, ExactlyOnce};
+        let runs = [
+            run(Choreograph, AtLeastOnce, 1, 100.0),
+            run(Raw, AtLeastOnce, 1, 400.0),
+            run(Choreograph, ExactlyOnce, 1, 60.0),
+            run(Raw, ExactlyOnce, 1, 120.0),
+            run(Choreograph, AtLeastOnce, 2, 200.0),
+            run(Raw, AtLeastOnce, 2, 400.0),
+            run(Choreograph, ExactlyOnce, 2, 60.0),
+            run(Raw, ExactlyOnce, 2, 120.0),
+        ];
+        let s = summarize(&runs);
+        let get = |i, m| {
+            s.iter()
+                .find(|x| x.implementation == i && x.mode == m)
+                .unwrap()
+        };
+        // Medians: choreograph ALO 150, raw ALO 400, choreograph EOS 60, raw EOS 120.
+        assert_eq!(
+            get(Choreograph, AtLeastOnce).vs_raw.unwrap().throughput,
+            0.375
+        );
+        assert_eq!(
+            get(Choreograph, ExactlyOnce).vs_raw.unwrap().throughput,
+            0.5
+        );
+        assert!(get(Raw, ExactlyOnce).vs_raw.is_none());
+        assert!(get(Choreograph, AtLeastOnce).eos_vs_alo.is_none());
+        let c = get(Choreograph, ExactlyOnce).eos_vs_alo.unwrap();
+        assert_eq!(c.throughput, 0.4);
+        // Per repetition: 0.6 and 0.3.
+        assert_eq!(
+            (c.throughput_paired.min, c.throughput_paired.max),
+            (0.3, 0.6)
+        );
+        assert_eq!(get(Raw, ExactlyOnce).eos_vs_alo.unwrap().throughput, 0.3);
+        let t = targets(&s);
+        let eos = t
+            .iter()
+            .find(|t| t.name.starts_with("exactly-once"))
+            .unwrap();
+        assert_eq!(eos.met, Some(false));
+        assert!(eos.measured.starts_with("0.40×"), "{}", eos.measured);
+    }
+
+    #[test]
+    fn watermill_has_no_exactly_once_row() {
+        let u = unavailable(
+            &[Implementation::Choreograph, Implementation::Watermill],
+            &[Workload::Chain],
+            &[Mode::AtLeastOnce, Mode::ExactlyOnce],
+        );
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (u[0].implementation, u[0].mode),
+            (Implementation::Watermill, Mode::ExactlyOnce)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The "choreograph" implementation: the services written with the framework, the way a user
 //! would write them (typed events, plain async handlers, `Service::builder(...).handle(...)`),
-//! at-least-once (the framework's default). One process per service.
+//! at-least-once (the framework's default) or exactly-once (`Delivery::ExactlyOnce` with a
+//! stable instance ID per process, so the transactional.id is `<group>.<instance>`). One
+//! process per service; every other option is the framework's default.
 //!
 //! The registration join is kept in process memory keyed by correlation ID (the framework's
 //! durable per-saga state is not there yet); every implementation joins the same way.
@@ -9,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use choreograph::runtime::{Service, ServiceOptions};
+use choreograph::runtime::{Delivery, Service, ServiceOptions};
 use choreograph::{Context, CorrelationId, HandlerError, KafkaConfig, State};
 
 use crate::model::*;
@@ -105,6 +107,8 @@ pub fn run(
     role: Role,
     brokers: &str,
     prefix: &str,
+    mode: Mode,
+    instance_id: &str,
     properties: &[(String, String)],
     max_in_flight: Option<usize>,
 ) -> anyhow::Result<()> {
@@ -116,6 +120,11 @@ pub fn run(
     let defaults = ServiceOptions::default();
     let options = ServiceOptions {
         group_id: Some(format!("{prefix}{}", role.name())),
+        instance_id: Some(instance_id.to_owned()),
+        delivery: match mode {
+            Mode::AtLeastOnce => Delivery::AtLeastOnce,
+            Mode::ExactlyOnce => Delivery::ExactlyOnce,
+        },
         max_in_flight_per_partition: max_in_flight.unwrap_or(defaults.max_in_flight_per_partition),
         ..defaults
     };
