@@ -1075,11 +1075,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let p = job.message.partition();
         self.saga_state
             .as_ref()
-            .is_none_or(|(_, s)| s.generation(p) == job.state_generation)
+            .map_or(true, |(_, s)| s.generation(p) == job.state_generation)
             && self
                 .handled_log
                 .as_ref()
-                .is_none_or(|(_, l)| l.generation(p) == job.handled_generation)
+                .map_or(true, |(_, l)| l.generation(p) == job.handled_generation)
     }
 
     async fn process(&self, job: Job) {
