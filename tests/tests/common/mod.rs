@@ -268,6 +268,9 @@ impl KafkaCluster {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-local.sh");
         let mut c = Command::new(&script);
         c.arg(command[0]).arg(&self.dir).args(&command[1..]);
+        // The suite's own broker settings (scripts/test.sh, .ci/run) must not leak in: later
+        // commands on DIR use what DIR recorded.
+        c.env_remove("KAFKA_PORT").env_remove("NODES");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -294,7 +297,11 @@ impl Drop for KafkaCluster {
         let failed = std::thread::panicking();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-local.sh");
         let mut command = Command::new(script);
-        command.arg("stop").arg(&self.dir);
+        command
+            .arg("stop")
+            .arg(&self.dir)
+            .env_remove("KAFKA_PORT")
+            .env_remove("NODES");
         if !failed {
             command.arg("--clean");
         }
