@@ -118,7 +118,7 @@ pub fn run(
         config.set(k, v);
     }
     let defaults = ServiceOptions::default();
-    let options = ServiceOptions {
+    let mut options = ServiceOptions {
         group_id: Some(format!("{prefix}{}", role.name())),
         instance_id: Some(instance_id.to_owned()),
         delivery: match mode {
@@ -128,6 +128,9 @@ pub fn run(
         max_in_flight_per_partition: max_in_flight.unwrap_or(defaults.max_in_flight_per_partition),
         ..defaults
     };
+    // The deployment settings a service binary reads (`CHOREOGRAPH_SAGA_LOG=off`,
+    // `CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS=0`, ...), inherited from the harness: for what-if runs.
+    options.apply_env().map_err(anyhow::Error::msg)?;
     // What `#[tokio::main]` builds: the multi-threaded runtime, one worker per core.
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

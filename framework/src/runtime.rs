@@ -215,7 +215,7 @@ impl ServiceOptions {
     /// `CHOREOGRAPH_DELIVERY` (`at-least-once`/`exactly-once`), `CHOREOGRAPH_INSTANCE_ID`,
     /// `CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS` (`0` turns idempotency off),
     /// `CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION`, `CHOREOGRAPH_COMMIT_INTERVAL_MS`,
-    /// `CHOREOGRAPH_SAGA_LOG` (`on`/`off`).
+    /// `CHOREOGRAPH_SAGA_LOG` (`on`/`off`), `CHOREOGRAPH_MAX_IN_FLIGHT`.
     pub fn apply_env(&mut self) -> Result<(), String> {
         self.apply_vars(|name| std::env::var(name).ok())
     }
@@ -264,6 +264,9 @@ impl ServiceOptions {
                 "off" | "false" => false,
                 other => return Err(format!("CHOREOGRAPH_SAGA_LOG={other}: use `on` or `off`")),
             };
+        }
+        if let Some(v) = var("CHOREOGRAPH_MAX_IN_FLIGHT") {
+            self.max_in_flight = number("CHOREOGRAPH_MAX_IN_FLIGHT", &v, 1)? as usize;
         }
         if let Some(v) = var("CHOREOGRAPH_COMMIT_INTERVAL_MS") {
             self.commit_interval =
@@ -2497,6 +2500,7 @@ mod tests {
             ("CHOREOGRAPH_IDEMPOTENCY_MAX_PER_PARTITION", "500"),
             ("CHOREOGRAPH_COMMIT_INTERVAL_MS", "250"),
             ("CHOREOGRAPH_SAGA_LOG", "off"),
+            ("CHOREOGRAPH_MAX_IN_FLIGHT", "2000"),
         ])
         .unwrap();
         assert_eq!(o.delivery, Delivery::ExactlyOnce);
@@ -2510,6 +2514,7 @@ mod tests {
         );
         assert_eq!(o.commit_interval, Duration::from_millis(250));
         assert!(!o.saga_log);
+        assert_eq!(o.max_in_flight, 2000);
         let o = apply(&[("CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS", "0")]).unwrap();
         assert_eq!(o.idempotency, None, "0 turns it off");
         for (k, v, says) in [
