@@ -166,8 +166,8 @@ pub struct ServiceOptions {
     pub retry: RetryPolicy,
     /// Records in flight per partition before the partition is paused (default 1000).
     pub max_in_flight_per_partition: usize,
-    /// Records in flight in the whole instance before partitions are paused (default 10,000):
-    /// bounds memory whatever the number of partitions.
+    /// Records in flight in the whole instance before it stops taking records until work drains
+    /// (default 1,000): bounds memory whatever the number of partitions.
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight work (default 30 s).
     pub shutdown_timeout: Duration,
@@ -197,7 +197,7 @@ impl Default for ServiceOptions {
             instance_id: None,
             retry: RetryPolicy::default(),
             max_in_flight_per_partition: 1000,
-            max_in_flight: 10_000,
+            max_in_flight: 1_000,
             shutdown_timeout: Duration::from_secs(30),
             revoke_grace: Duration::from_secs(5),
             dead_letter_suffix: ".dlq".to_owned(),
@@ -2221,7 +2221,7 @@ impl ConsumerThread {
         let defaults = [
             ("partition.assignment.strategy", strategy),
             ("auto.commit.interval.ms", "1000"),
-            ("queued.max.messages.kbytes", "16384"),
+            ("queued.max.messages.kbytes", "4096"),
             ("auto.offset.reset", "earliest"),
             // A subscribed topic the first metadata answer missed (just created) is found
             // within seconds, not after librdkafka's default 5 minutes.
@@ -2303,7 +2303,7 @@ impl ConsumerThread {
                 failed = Some(reason);
                 break;
             }
-            self.resume_drained(&consumer, max, max_total);
+            self.resume_drained(&consumer, max);
 
             if self.control.abandon.load(Ordering::SeqCst) {
                 // The runtime was dropped (a crash, for the purpose of delivery): leave without
@@ -2330,6 +2330,19 @@ impl ConsumerThread {
                     tracing::warn!(service = %self.service, in_flight, "shutdown timeout: leaving unfinished work uncommitted");
                     break;
                 }
+            }
+
+            // Over the instance's bound: take no records until work drains (librdkafka's own
+            // prefetch stays bounded by queued.max.messages.kbytes; nothing is purged and
+            // fetched again, as a pause would).
+            let total = ctx
+                .book
+                .lock()
+                .map(|b| b.offsets.total_in_flight())
+                .unwrap_or(0);
+            if total >= max_total && draining_since.is_none() {
+                ctx.absorb_completions(Some(Duration::from_millis(5)));
+                continue;
             }
 
             match consumer.poll(Duration::from_millis(5)) {
@@ -2383,8 +2396,7 @@ impl ConsumerThread {
                         .get(&topic, partition)
                         .map(|t| t.in_flight())
                         .unwrap_or(0);
-                    let over = in_flight >= max || book.offsets.total_in_flight() >= max_total;
-                    if over && book.paused.insert((topic.clone(), partition)) {
+                    if in_flight >= max && book.paused.insert((topic.clone(), partition)) {
                         let mut tpl = TopicPartitionList::new();
                         tpl.add_partition(&topic, partition);
                         if let Err(e) = consumer.pause(&tpl) {
@@ -2434,23 +2446,14 @@ impl ConsumerThread {
         }
     }
 
-    /// Resumes paused partitions once their own and the instance's work in flight drained to
-    /// half the bounds.
-    fn resume_drained(
-        &self,
-        consumer: &BaseConsumer<RuntimeContext>,
-        max: usize,
-        max_total: usize,
-    ) {
+    /// Resumes paused partitions once their work in flight drained to half the bound.
+    fn resume_drained(&self, consumer: &BaseConsumer<RuntimeContext>, max: usize) {
         let mut book = consumer
             .context()
             .book
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if book.paused.is_empty()
-            || self.control.stop.load(Ordering::SeqCst)
-            || book.offsets.total_in_flight() > max_total / 2
-        {
+        if book.paused.is_empty() || self.control.stop.load(Ordering::SeqCst) {
             return;
         }
         let ready: Vec<PartitionKey> = book

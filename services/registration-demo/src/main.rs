@@ -74,6 +74,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             for service in ["user", "activity", "coupon"] {
                 kafka.create_topic(&format!("{service}.saga-state"), 6)?;
             }
+            // Idempotency markers (on by default).
+            for service in ["user", "activity", "coupon", "points"] {
+                kafka.create_topic(&format!("{service}.handled"), 6)?;
+            }
             println!(
                 "Kafka: embedded (librdkafka mock cluster at {}; pass --brokers HOST:PORT for a real cluster)",
                 kafka.bootstrap_servers()
