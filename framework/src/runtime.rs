@@ -28,7 +28,8 @@
 //!   every event it emitted was acknowledged by the broker (`acks=all`, idempotent producer),
 //!   and only as part of the partition's contiguous finished prefix
 //!   ([`crate::delivery`]). A partition with too many records in flight is paused until work
-//!   drains (backpressure), so memory stays bounded.
+//!   drains, and an instance with too many in flight takes no records at all until work drains
+//!   (backpressure), so memory stays bounded.
 //! - Redelivered events the service handled before are acknowledged without running the handler
 //!   ([`crate::idempotency`]).
 //! - Exactly-once ([`Delivery::ExactlyOnce`]): instead of being written as they come, what
