@@ -35,7 +35,7 @@ use choreograph::{
     testkit, Context, CorrelationId, Event, HandlerError, KafkaConfig, Publisher, SagaOutcome,
     State, TraceParent,
 };
-use common::{KafkaCluster, ServiceProcess};
+use common::{expected_types, KafkaCluster, ServiceProcess};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use registration_events::*;
@@ -331,31 +331,6 @@ fn log_tail(path: &std::path::Path, n: usize) -> String {
         })
         .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The event types of each outcome's causal chain (each exactly once, by `ce_id`), sorted.
-fn expected_types(outcome: SagaOutcome) -> Vec<&'static str> {
-    let mut t = vec![UserRegistered::TYPE];
-    match outcome {
-        SagaOutcome::Completed => t.extend([
-            NewcomerEnrolled::TYPE,
-            CouponIssued::TYPE,
-            PointsGranted::TYPE,
-            WelcomePackageCompleted::TYPE,
-            UserWelcomed::TYPE,
-        ]),
-        SagaOutcome::Failed => t.extend([EnrollmentRejected::TYPE, RegistrationRejected::TYPE]),
-        SagaOutcome::Compensated => t.extend([
-            NewcomerEnrolled::TYPE,
-            CouponIssued::TYPE,
-            PointsGrantRejected::TYPE,
-            CouponRevoked::TYPE,
-            WelcomePackageFailed::TYPE,
-            RegistrationFlagged::TYPE,
-        ]),
-    }
-    t.sort_unstable();
-    t
 }
 
 type Sagas = HashMap<CorrelationId, SagaOutcome>;

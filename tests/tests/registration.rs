@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use choreograph::watch::{SagaWatch, WatchedSaga};
 use choreograph::{testkit, CorrelationId, Event, KafkaConfig, Publisher, SagaOutcome};
-use common::{start_all, ServiceProcess};
+use common::{expected_types, start_all, ServiceProcess};
 use registration_events::*;
 
 fn watch(config: &KafkaConfig) -> SagaWatch {
@@ -39,31 +39,6 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The event types each outcome's causal chain must hold (distinct by `ce_id`, each once).
-fn expected_types(outcome: SagaOutcome) -> Vec<&'static str> {
-    let mut t = vec![UserRegistered::TYPE];
-    match outcome {
-        SagaOutcome::Completed => t.extend([
-            NewcomerEnrolled::TYPE,
-            CouponIssued::TYPE,
-            PointsGranted::TYPE,
-            WelcomePackageCompleted::TYPE,
-            UserWelcomed::TYPE,
-        ]),
-        SagaOutcome::Failed => t.extend([EnrollmentRejected::TYPE, RegistrationRejected::TYPE]),
-        SagaOutcome::Compensated => t.extend([
-            NewcomerEnrolled::TYPE,
-            CouponIssued::TYPE,
-            PointsGrantRejected::TYPE,
-            CouponRevoked::TYPE,
-            WelcomePackageFailed::TYPE,
-            RegistrationFlagged::TYPE,
-        ]),
-    }
-    t.sort_unstable();
-    t
 }
 
 /// Waits until every saga ended and the watch has read its whole causal chain (the watch reads

@@ -872,6 +872,23 @@ async fn count_steps(
         .count()
 }
 
+/// Waits until svc1's saga log holds `n` steps with `outcome` for the event (60 s at most).
+async fn wait_for_steps(
+    config: &KafkaConfig,
+    event_id: &str,
+    outcome: choreograph::saga_log::StepOutcome,
+    n: usize,
+    what: &str,
+) {
+    for _ in 0..300 {
+        if count_steps(config, event_id, outcome).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_redelivered_event_runs_its_handler_once_even_after_a_restart() {
@@ -898,15 +915,14 @@ async fn a_redelivered_event_runs_its_handler_once_even_after_a_restart() {
         )
     };
     let (h, t) = run(fast_options());
-    let mut waited = 0;
-    while count_steps(&config, &id, Duplicate).await < 2 {
-        waited += 1;
-        assert!(
-            waited < 300,
-            "the two redeliveries were not acknowledged as duplicates"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_steps(
+        &config,
+        &id,
+        Duplicate,
+        2,
+        "the two redeliveries acknowledged as duplicates",
+    )
+    .await;
     h.shutdown();
     t.await.unwrap().unwrap();
     assert_eq!(
@@ -918,14 +934,14 @@ async fn a_redelivered_event_runs_its_handler_once_even_after_a_restart() {
     // A new instance (empty memory) learns what was handled from the handled topic.
     produce_again(&config, &original).await;
     let (h, t) = run(fast_options());
-    while count_steps(&config, &id, Duplicate).await < 3 {
-        waited += 1;
-        assert!(
-            waited < 300,
-            "the redelivery after a restart was not acknowledged as a duplicate"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_steps(
+        &config,
+        &id,
+        Duplicate,
+        3,
+        "the redelivery after a restart acknowledged as a duplicate",
+    )
+    .await;
     h.shutdown();
     t.await.unwrap().unwrap();
     assert_eq!(

@@ -348,3 +348,31 @@ fn free_base_port(nodes: u32) -> u16 {
     }
     panic!("no {span} free ports in {CLUSTER_PORTS:?} on 127.0.0.1 for a dedicated cluster");
 }
+
+/// The event types of each registration outcome's causal chain (each exactly once, by `ce_id`),
+/// sorted.
+pub fn expected_types(outcome: choreograph::SagaOutcome) -> Vec<&'static str> {
+    use choreograph::{Event, SagaOutcome};
+    use registration_events::*;
+    let mut t = vec![UserRegistered::TYPE];
+    match outcome {
+        SagaOutcome::Completed => t.extend([
+            NewcomerEnrolled::TYPE,
+            CouponIssued::TYPE,
+            PointsGranted::TYPE,
+            WelcomePackageCompleted::TYPE,
+            UserWelcomed::TYPE,
+        ]),
+        SagaOutcome::Failed => t.extend([EnrollmentRejected::TYPE, RegistrationRejected::TYPE]),
+        SagaOutcome::Compensated => t.extend([
+            NewcomerEnrolled::TYPE,
+            CouponIssued::TYPE,
+            PointsGrantRejected::TYPE,
+            CouponRevoked::TYPE,
+            WelcomePackageFailed::TYPE,
+            RegistrationFlagged::TYPE,
+        ]),
+    }
+    t.sort_unstable();
+    t
+}
