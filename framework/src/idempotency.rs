@@ -10,10 +10,11 @@
 //!   meanwhile in that partition share one record (one write per batch, not per event). In
 //!   exactly-once mode the marker is part of the transaction. When a partition is assigned, its markers are read back (before any of its
 //!   records is handled), so the next owner of a partition knows what the last one finished.
-//! - Bounded: per partition, the markers of the last [`Idempotency::window`] (default 1 hour)
-//!   and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest forgotten
-//!   first; held in memory as 64-bit fingerprints (about 30 bytes each). The topic keeps
-//!   markers for the window (`retention.ms`), so a restore reads at most that many.
+//! - Bounded: per partition, the handled events of the last [`Idempotency::window`] (default
+//!   1 hour) and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest
+//!   forgotten first; held in memory as 64-bit fingerprints (about 30 bytes each). The topic
+//!   keeps markers for the window (`retention.ms`); a restore reads the window's marker records,
+//!   at most `max_per_partition` of them, forgetting the oldest events as it goes.
 //! - Only handled events are remembered: a dead-lettered event is not, so `choreograph dlq
 //!   replay` runs it again.
 //! - What it cannot absorb: a crash after a handler's follow-up events were written but before
