@@ -105,6 +105,7 @@ impl Driver {
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "2")
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "30000")

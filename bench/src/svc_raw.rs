@@ -415,6 +415,9 @@ async fn serve(
         &[
             ("acks", "all"),
             ("enable.idempotence", "true"),
+            // As the framework: more in flight can lose an acknowledged record (see
+            // choreograph's producer_config).
+            ("max.in.flight.requests.per.connection", "1"),
             ("allow.auto.create.topics", "false"),
             ("message.timeout.ms", "30000"),
         ],
@@ -740,6 +743,9 @@ pub fn run_exactly_once(
         &[
             ("acks", "all"),
             ("enable.idempotence", "true"),
+            // As the framework: more in flight can lose an acknowledged record (see
+            // choreograph's producer_config).
+            ("max.in.flight.requests.per.connection", "1"),
             ("allow.auto.create.topics", "false"),
             ("transactional.id", &transactional_id),
             // As the framework: a transaction left open by a crash blocks read_committed

@@ -18,8 +18,8 @@
 //! librdkafka properties pass through untouched, so security settings (`security.protocol`,
 //! `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, ...) work as documented in
 //! librdkafka's `CONFIGURATION.md`. Properties Choreograph sets itself for its guarantees
-//! (`acks=all`, `enable.idempotence=true` on producers) are applied after the pass-through ones
-//! and cannot be weakened by them.
+//! (`acks=all`, `enable.idempotence=true`, `max.in.flight.requests.per.connection=1` on
+//! producers) are applied after the pass-through ones and cannot be weakened by them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -41,14 +41,14 @@ pub fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>, String> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<ReaderContext> = config
         .client_config()
         .set("group.id", "choreograph-dlq-reader")
         .set("enable.auto.commit", "false")
         // The end of a partition written with transactions is a commit marker, which is never
         // delivered: the end-of-partition event says when the reader got there.
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| e.to_string())?;
     let metadata = consumer
         .fetch_metadata(Some(topic), config.connect_timeout)
@@ -71,9 +71,7 @@ pub fn read_to_end(
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, config.connect_timeout)
-            .map_err(|e| e.to_string())?;
+        let (low, high) = watermarks(&consumer, topic, p, config.connect_timeout)?;
         if high > low {
             ends.insert(p, high);
             tpl.add_partition_offset(topic, p, Offset::Offset(low))
@@ -109,6 +107,68 @@ pub fn read_to_end(
     Ok(out)
 }
 
+/// The context of the readers here: librdkafka reports the end of a partition (which they ask
+/// for) as an error event, and rdkafka's default context logs every error event at ERROR level.
+pub(crate) struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!(target: "librdkafka", error = %error, reason, "reader error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// Retries what fails while a new topic's leaders are being elected (services create the
+/// topics they use, and a reader may come right after), until `deadline`.
+pub(crate) fn retry_transient<T>(
+    deadline: Instant,
+    mut f: impl FnMut() -> Result<T, rdkafka::error::KafkaError>,
+) -> Result<T, rdkafka::error::KafkaError> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    loop {
+        match f() {
+            Err(e)
+                if Instant::now() + Duration::from_millis(100) < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            C::NotLeaderForPartition
+                                | C::LeaderNotAvailable
+                                | C::UnknownTopicOrPartition
+                                | C::UnknownLeaderEpoch
+                                | C::OffsetNotAvailable
+                                | C::PreferredLeaderNotAvailable
+                        )
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A partition's low and high watermarks, asked again while its leadership settles.
+fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), String> {
+    let deadline = Instant::now() + timeout;
+    retry_transient(deadline, || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        consumer.fetch_watermarks(topic, partition, left.max(Duration::from_millis(100)))
+    })
+    .map_err(|e| e.to_string())
+}
+
 /// Where [`read_partition`] starts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ReadFrom {
@@ -129,16 +189,15 @@ pub(crate) fn read_partition(
     timeout: Duration,
     mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<usize, String> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<ReaderContext> = config
         .client_config()
         .set("group.id", "choreograph-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| e.to_string())?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
+    let (low, high) = watermarks(&consumer, topic, partition, timeout)
         .map_err(|e| format!("watermarks of {topic}[{partition}]: {e}"))?;
     let mut start = low;
     if let ReadFrom::Since { time_ms, at_most } = from {
@@ -146,9 +205,11 @@ pub(crate) fn read_partition(
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(time_ms))
             .map_err(|e| e.to_string())?;
-        let found = consumer
-            .offsets_for_times(tpl, timeout)
-            .map_err(|e| format!("offsets by time of {topic}[{partition}]: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let found = retry_transient(deadline, || {
+            consumer.offsets_for_times(tpl.clone(), timeout)
+        })
+        .map_err(|e| format!("offsets by time of {topic}[{partition}]: {e}"))?;
         match found.elements().first().map(|e| e.offset()) {
             Some(Offset::Offset(o)) => start = start.max(o),
             // Nothing written since then.

@@ -1286,7 +1286,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         .send(out, rdkafka::util::Timeout::After(self.delivery_timeout))
                         .await
                     {
-                        Ok(_) => return Ok(()),
+                        Ok(d) => {
+                            tracing::debug!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} written");
+                            return Ok(());
+                        }
                         Err((e, _)) if is_permanent(&e) => return Err(e.to_string()),
                         Err((e, back)) => {
                             headers = back.headers().cloned();

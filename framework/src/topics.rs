@@ -198,9 +198,11 @@ impl Topics {
             topic: topic.to_owned(),
             reason: e.to_string(),
         })?;
+        let mut created = false;
         for result in results {
             match result {
-                Ok(_) => {}
+                Ok(_) => created = true,
+                // Created meanwhile by another client (or another task of this one).
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((
                     name,
@@ -220,12 +222,14 @@ impl Topics {
                 }
             }
         }
-        tracing::info!(
-            topic,
-            partitions,
-            replication_factor = settings.replication_factor,
-            "created topic"
-        );
+        if created {
+            tracing::info!(
+                topic,
+                partitions,
+                replication_factor = settings.replication_factor,
+                "created topic"
+            );
+        }
         Ok(())
     }
 

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::{Catalogue, SagaOutcome};
 use crate::config::KafkaConfig;
 use crate::envelope::CorrelationId;
-use crate::record::decode_message;
+use crate::record::{decode_message, retry_transient};
 use crate::saga_log::{Step, StepOutcome};
 
 /// The version of the JSON form of [`SagaTrace`] and [`SagaSummary`].
@@ -835,36 +835,6 @@ impl Tracer {
                 .then(b.correlation_id.cmp(&a.correlation_id))
         });
         Ok(out)
-    }
-}
-
-/// Retries what fails while a new topic's leaders are being elected (the services create the
-/// topics they use; a trace may come right after), until `deadline`.
-fn retry_transient<T>(
-    deadline: Instant,
-    mut f: impl FnMut() -> Result<T, KafkaError>,
-) -> Result<T, KafkaError> {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    loop {
-        match f() {
-            Err(e)
-                if Instant::now() + Duration::from_millis(100) < deadline
-                    && matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            C::NotLeaderForPartition
-                                | C::LeaderNotAvailable
-                                | C::UnknownTopicOrPartition
-                                | C::UnknownLeaderEpoch
-                                | C::OffsetNotAvailable
-                                | C::PreferredLeaderNotAvailable
-                        )
-                    ) =>
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            other => return other,
-        }
     }
 }
 

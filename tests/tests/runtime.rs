@@ -266,14 +266,62 @@ async fn wait_for_outputs(config: &KafkaConfig, sagas: &[CorrelationId]) {
         if sagas.iter().all(|s| done.contains(s)) {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for every saga's output ({} of {})",
-            done.len(),
-            sagas.len()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let why = explain_missing(config, Middle::TOPIC, sagas).await;
+            panic!(
+                "gave up waiting for every saga's output ({} of {}); {why}",
+                done.len(),
+                sagas.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// For a failed count of outputs: which sagas have none on `topic_of_type`'s topic, whether a
+/// second read finds them (a reader's miss, not a lost record), and each one's saga-log steps.
+async fn explain_missing(
+    config: &KafkaConfig,
+    topic_of_type: &str,
+    sagas: &[CorrelationId],
+) -> String {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = read_all_events(config, topic_of_type).await;
+    let found: HashSet<CorrelationId> = again
+        .iter()
+        .map(|m| decode_message(m).unwrap().0.correlation_id)
+        .collect();
+    let missing: Vec<&CorrelationId> = sagas.iter().filter(|s| !found.contains(s)).collect();
+    let log_topic = config.topic(&config.saga_log_topic);
+    let steps = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || testkit::read_to_end(&config, &log_topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let dead = read_all_events(config, &format!("{}.dlq", Started::TOPIC)).await;
+    let mut out = format!(
+        "a second read of `{topic_of_type}` 2 s later has {} records; {} dead letters; sagas without one: {missing:?}",
+        again.len(),
+        dead.len()
+    );
+    for saga in &missing {
+        let id = saga.to_string();
+        for m in dead.iter().filter(|m| m.key() == Some(id.as_bytes())) {
+            out.push_str(&format!(
+                "\n  dead letter: {:?} {:?}",
+                header(m, dlq::REASON),
+                header(m, dlq::ERROR)
+            ));
+        }
+        for m in &steps {
+            let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
+            if text.contains(&id) {
+                out.push_str(&format!("\n  saga-log step: {text}"));
+            }
+        }
+    }
+    out
 }
 
 fn header(m: &OwnedMessage, name: &str) -> Option<String> {
@@ -283,6 +331,7 @@ fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_two_service_chain_links_every_event() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(0);
     let s1 = service1(&config, probe.clone());
@@ -299,11 +348,15 @@ async fn a_two_service_chain_links_every_event() {
     h2.shutdown();
     t1.await.unwrap().unwrap();
     t2.await.unwrap().unwrap();
-    assert_eq!(
-        (a.len(), b.len(), c.len()),
-        (20, 20, 20),
-        "every saga went A → B → C exactly once"
-    );
+    if (a.len(), b.len(), c.len()) != (20, 20, 20) {
+        let why = explain_missing(&config, Finished::TOPIC, &sagas).await;
+        panic!(
+            "every saga went A → B → C exactly once: {} / {} / {} records; {why}",
+            a.len(),
+            b.len(),
+            c.len()
+        );
+    }
 
     let decode =
         |ms: &[OwnedMessage]| -> HashMap<CorrelationId, (choreograph::CloudEvent, OwnedMessage)> {
@@ -368,6 +421,7 @@ async fn a_two_service_chain_links_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn no_loss_when_a_service_crashes_with_uncommitted_work() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(200);
     let sagas = start_sagas(&config, 300, 1).await;
@@ -419,6 +473,7 @@ async fn no_loss_when_a_service_crashes_with_uncommitted_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn order_within_a_saga_holds_under_concurrency() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(15);
     let sagas = start_sagas(&config, 300, 5).await;
@@ -445,6 +500,7 @@ async fn order_within_a_saga_holds_under_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(0);
     let topic = config.topic(Started::TOPIC);
@@ -590,6 +646,7 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn graceful_shutdown_under_load_loses_and_repeats_nothing() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(200);
     let sagas = start_sagas(&config, 300, 1).await;
@@ -617,16 +674,20 @@ async fn graceful_shutdown_under_load_loses_and_repeats_nothing() {
     );
     assert_eq!(probe.duplicates(), 0, "nothing handled twice");
     let outputs = read_all_events(&config, Middle::TOPIC).await;
-    assert_eq!(
-        outputs.len(),
-        sagas.len(),
-        "one output per saga, none lost, none repeated"
-    );
+    if outputs.len() != sagas.len() {
+        let why = explain_missing(&config, Middle::TOPIC, &sagas).await;
+        panic!(
+            "one output per saga, none lost, none repeated: {} outputs for {} sagas; {why}",
+            outputs.len(),
+            sagas.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_rebalance_between_two_instances_loses_nothing() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(200);
     let sagas = start_sagas(&config, 400, 1).await;
@@ -664,6 +725,7 @@ async fn middle_noop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn saga_state_refuses_topics_with_unequal_partition_counts() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let topics = choreograph::Topics::new(&config).unwrap();
     for (topic, partitions) in [(Started::TOPIC, 6), (Middle::TOPIC, 3)] {
@@ -714,6 +776,7 @@ fn choreograph_cli(config: &KafkaConfig, args: &[&str]) -> std::process::Output 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_dead_letter_is_replayed_once_after_the_fix() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(0);
     let publisher = Publisher::new(&config, "/services/test").unwrap();
@@ -893,6 +956,7 @@ async fn wait_for_steps(
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_redelivered_event_runs_its_handler_once_even_after_a_restart() {
     use choreograph::saga_log::StepOutcome::Duplicate;
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(0);
     let publisher = Publisher::new(&config, "/services/test").unwrap();
@@ -986,6 +1050,7 @@ async fn flaky(ctx: Context, e: Started) -> Result<Middle, HandlerError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_handler_retry_policy_overrides_the_default_and_retries_only_listed_kinds() {
+    common::capture_logs();
     let config = testkit::isolated_config();
     let publisher = Publisher::new(&config, "/services/test").unwrap();
     let one = publisher
@@ -1063,6 +1128,7 @@ async fn exactly_once_a_crash_leaves_no_duplicate_outputs() {
     if std::env::var_os("TEST_LOG").is_some() {
         choreograph::runtime::init_logging("info");
     }
+    common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(200);
     let sagas = start_sagas(&config, 300, 1).await;

@@ -376,3 +376,15 @@ pub fn expected_types(outcome: choreograph::SagaOutcome) -> Vec<&'static str> {
     t.sort_unstable();
     t
 }
+
+/// Sends the in-process services' logs to the test's captured output (shown when a test
+/// fails). `RUST_LOG` overrides the filter.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

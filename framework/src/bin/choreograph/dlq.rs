@@ -167,6 +167,8 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> Result<(), String> {
                 .client_config()
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
+                // As every Choreograph producer (docs/delivery.md, "Producer settings").
+                .set("max.in.flight.requests.per.connection", "1")
                 .set("partitioner", "murmur2_random")
                 .create()
                 .map_err(|e| e.to_string())?;
