@@ -1286,6 +1286,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         .send(out, rdkafka::util::Timeout::After(self.delivery_timeout))
                         .await
                     {
+                        Ok(d) if d.offset < 0 => {
+                            // librdkafka acknowledged it without an offset ("implicitly acked"):
+                            // with one request in flight this should not happen; if it does, the
+                            // record may not have been written (docs/delivery.md).
+                            tracing::warn!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} acknowledged without an offset");
+                            return Ok(());
+                        }
                         Ok(d) => {
                             tracing::debug!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} written");
                             return Ok(());
