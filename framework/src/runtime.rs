@@ -1681,8 +1681,10 @@ struct Book {
 }
 
 /// Exactly-once mode: the transactional producer and what waits for the next transaction.
+type TxnProducer = Arc<ThreadedProducer<DefaultProducerContext>>;
+
 struct Transactions {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: TxnProducer,
     /// The producer's settings, to make a new one after a failure the old one cannot leave.
     producer_config: rdkafka::ClientConfig,
     book: TxnBook,
@@ -1691,6 +1693,8 @@ struct Transactions {
     last_commit: Instant,
     interval: Duration,
     timeout: Duration,
+    /// A call on the current producer never returned: it is abandoned, not aborted.
+    wedged: AtomicBool,
 }
 
 /// Why a transaction did not commit.
@@ -1702,6 +1706,27 @@ enum TxnFailure {
     Fatal(String),
 }
 
+/// A transaction call that failed, or that did not return.
+enum TxnCallError {
+    Kafka(KafkaError),
+    /// No answer within the bound. librdkafka waits for some internal replies without a bound:
+    /// seen here, `send_offsets_to_transaction` blocked for good after the coordinator's
+    /// broker was killed and came back (the 3-node broker-loss test, about one run in four).
+    Hung(&'static str, Duration),
+    /// No thread to run the call on.
+    NoThread(String),
+}
+
+impl std::fmt::Display for TxnCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kafka(e) => e.fmt(f),
+            Self::Hung(what, after) => write!(f, "{what} did not return within {after:?}"),
+            Self::NoThread(e) => write!(f, "cannot start a thread for a transaction call: {e}"),
+        }
+    }
+}
+
 /// Fenced: a newer producer with this `transactional.id` exists (another live instance with the
 /// same ID): this one must stop.
 fn is_fenced(e: &KafkaError) -> bool {
@@ -1711,21 +1736,39 @@ fn is_fenced(e: &KafkaError) -> bool {
     )
 }
 
-fn classify(e: KafkaError) -> TxnFailure {
-    if is_fenced(&e) {
-        TxnFailure::Fatal(e.to_string())
-    } else {
-        TxnFailure::Abort(e.to_string())
+/// Runs a blocking transaction call on a thread of its own and waits for it at most `limit`.
+/// A call that does not return keeps its thread, and the producer with it, until it does; the
+/// caller replaces the producer.
+fn guarded(
+    producer: &TxnProducer,
+    what: &'static str,
+    limit: Duration,
+    call: impl FnOnce(&ThreadedProducer<DefaultProducerContext>) -> KafkaResult<()> + Send + 'static,
+) -> Result<(), TxnCallError> {
+    let (tx, rx) = std_mpsc::sync_channel(1);
+    let producer = producer.clone();
+    std::thread::Builder::new()
+        .name("txn-call".into())
+        .spawn(move || {
+            let _ = tx.send(call(&producer));
+        })
+        .map_err(|e| TxnCallError::NoThread(e.to_string()))?;
+    match rx.recv_timeout(limit) {
+        Ok(result) => result.map_err(TxnCallError::Kafka),
+        Err(_) => Err(TxnCallError::Hung(what, limit)),
     }
 }
 
 /// Runs a transaction call again while it fails with a retriable error (a coordinator moving,
 /// a broker away), for up to `patience`.
-fn retrying(patience: Duration, mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+fn retrying(
+    patience: Duration,
+    mut call: impl FnMut() -> Result<(), TxnCallError>,
+) -> Result<(), TxnCallError> {
     let deadline = Instant::now() + patience;
     loop {
         match call() {
-            Err(KafkaError::Transaction(rde))
+            Err(TxnCallError::Kafka(KafkaError::Transaction(rde)))
                 if rde.is_retriable() && Instant::now() < deadline =>
             {
                 tracing::debug!(error = %rde, "transaction call: retrying");
@@ -1737,20 +1780,45 @@ fn retrying(patience: Duration, mut call: impl FnMut() -> KafkaResult<()>) -> Ka
 }
 
 impl Transactions {
+    /// How long a transaction call may take before the producer counts as wedged: its own
+    /// timeout, and some slack.
+    fn call_limit(&self) -> Duration {
+        self.timeout + Duration::from_secs(15)
+    }
+
+    fn classify(&self, e: TxnCallError) -> TxnFailure {
+        match e {
+            TxnCallError::Kafka(e) if is_fenced(&e) => TxnFailure::Fatal(e.to_string()),
+            TxnCallError::Hung(..) => {
+                self.wedged.store(true, Ordering::SeqCst);
+                TxnFailure::Abort(e.to_string())
+            }
+            e => TxnFailure::Abort(e.to_string()),
+        }
+    }
+
     /// Ends a failed transaction: abort it, or, when the producer cannot (its state is unknown
-    /// after a coordinator failure, or it failed fatally), replace the producer: a new one with
-    /// the same `transactional.id` aborts whatever the old one left open. Err: fenced, or no new
-    /// producer could be started within two minutes.
+    /// after a coordinator failure, it failed fatally, or a call on it never returned), replace
+    /// the producer: a new one with the same `transactional.id` fences the old one and aborts
+    /// whatever it left open. Err: fenced, or no new producer could be started within two
+    /// minutes.
     fn abort_or_reset(&mut self) -> Result<(), String> {
-        let aborted = retrying(self.timeout, || {
-            self.producer.abort_transaction(self.timeout)
-        });
-        let e = match aborted {
-            Ok(()) => return Ok(()),
-            Err(e) if is_fenced(&e) => return Err(format!("fenced: {e}")),
-            Err(e) => e,
+        let (t, limit) = (self.timeout, self.call_limit());
+        let reason = if self.wedged.swap(false, Ordering::SeqCst) {
+            "a call on it never returned".to_owned()
+        } else {
+            let aborted = retrying(t, || {
+                guarded(&self.producer, "abort_transaction", limit, move |p| {
+                    p.abort_transaction(t)
+                })
+            });
+            match aborted {
+                Ok(()) => return Ok(()),
+                Err(TxnCallError::Kafka(e)) if is_fenced(&e) => return Err(format!("fenced: {e}")),
+                Err(e) => format!("aborting the transaction failed: {e}"),
+            }
         };
-        tracing::warn!(error = %e, "aborting the transaction failed; starting a new transactional producer");
+        tracing::warn!(reason = %reason, "starting a new transactional producer");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let attempt = self
@@ -1758,12 +1826,17 @@ impl Transactions {
                 .create::<ThreadedProducer<DefaultProducerContext>>()
                 .map_err(|e| e.to_string())
                 .and_then(|p| {
-                    p.init_transactions(self.timeout)
-                        .map(|()| p)
-                        .map_err(|e| e.to_string())
+                    let p = Arc::new(p);
+                    guarded(&p, "init_transactions", limit, move |p| {
+                        p.init_transactions(t)
+                    })
+                    .map(|()| p)
+                    .map_err(|e| e.to_string())
                 });
             match attempt {
                 Ok(producer) => {
+                    // The old one is dropped here, or by the thread of a call that never
+                    // returned, when it does.
                     self.producer = producer;
                     return Ok(());
                 }
@@ -1778,13 +1851,18 @@ impl Transactions {
         }
     }
 
-    /// Begin, write the batch's records, send its offsets, commit (blocking).
+    /// Begin, write the batch's records, send its offsets, commit (blocking; each call on a
+    /// thread of its own, bounded by [`Self::call_limit`]).
     fn run(
         &self,
         batch: &crate::delivery::TxnBatch,
         consumer: &BaseConsumer<RuntimeContext>,
     ) -> Result<(), TxnFailure> {
-        self.producer.begin_transaction().map_err(classify)?;
+        let (t, limit) = (self.timeout, self.call_limit());
+        guarded(&self.producer, "begin_transaction", limit, |p| {
+            p.begin_transaction()
+        })
+        .map_err(|e| self.classify(e))?;
         for record in &batch.records {
             loop {
                 match self.producer.send(record.as_base()) {
@@ -1809,22 +1887,30 @@ impl Transactions {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| TxnFailure::Abort("no consumer group metadata yet".into()))?;
-        retrying(self.timeout, || {
-            self.producer
-                .send_offsets_to_transaction(&tpl, &group, self.timeout)
+        let (tpl, group) = (Arc::new(tpl), Arc::new(group));
+        retrying(t, || {
+            let (tpl, group) = (tpl.clone(), group.clone());
+            guarded(
+                &self.producer,
+                "send_offsets_to_transaction",
+                limit,
+                move |p| p.send_offsets_to_transaction(&tpl, &group, t),
+            )
         })
-        .map_err(classify)?;
+        .map_err(|e| self.classify(e))?;
         // Wait for the records' acknowledgements here, in 1 ms steps: rdkafka's
         // commit_transaction flushes first, polling in 100 ms steps that run to the end when
         // the producer's own thread takes the delivery reports (≥ 100 ms per transaction).
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + t;
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        retrying(self.timeout, || {
-            self.producer.commit_transaction(self.timeout)
+        retrying(t, || {
+            guarded(&self.producer, "commit_transaction", limit, move |p| {
+                p.commit_transaction(t)
+            })
         })
-        .map_err(classify)
+        .map_err(|e| self.classify(e))
     }
 }
 
@@ -2210,13 +2296,14 @@ impl ConsumerThread {
             })?;
         tracing::info!(service = %self.service, transactional_id = %id, "exactly-once: transactions initialised");
         Ok(Transactions {
-            producer,
+            producer: Arc::new(producer),
             producer_config: cc,
             book: TxnBook::default(),
             committed: HashMap::new(),
             last_commit: Instant::now(),
             interval: self.options.commit_interval,
             timeout,
+            wedged: AtomicBool::new(false),
         })
     }
 
