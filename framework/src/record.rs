@@ -207,7 +207,8 @@ pub(crate) fn read_partition(
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + timeout;
         let found = retry_transient(deadline, || {
-            consumer.offsets_for_times(tpl.clone(), timeout)
+            let left = deadline.saturating_duration_since(Instant::now());
+            consumer.offsets_for_times(tpl.clone(), left.max(Duration::from_millis(100)))
         })
         .map_err(|e| format!("offsets by time of {topic}[{partition}]: {e}"))?;
         match found.elements().first().map(|e| e.offset()) {

@@ -1713,7 +1713,7 @@ enum TxnCallError {
     /// seen here, `send_offsets_to_transaction` blocked for good after the coordinator's
     /// broker was killed and came back (the 3-node broker-loss test, about one run in four).
     Hung(&'static str, Duration),
-    /// No thread to run the call on.
+    /// No thread to run the call on, or the call panicked.
     NoThread(String),
 }
 
@@ -1722,7 +1722,7 @@ impl std::fmt::Display for TxnCallError {
         match self {
             Self::Kafka(e) => e.fmt(f),
             Self::Hung(what, after) => write!(f, "{what} did not return within {after:?}"),
-            Self::NoThread(e) => write!(f, "cannot start a thread for a transaction call: {e}"),
+            Self::NoThread(e) => write!(f, "transaction call without an answer: {e}"),
         }
     }
 }
@@ -1752,10 +1752,14 @@ fn guarded(
         .spawn(move || {
             let _ = tx.send(call(&producer));
         })
-        .map_err(|e| TxnCallError::NoThread(e.to_string()))?;
+        .map_err(|e| TxnCallError::NoThread(format!("no thread for {what}: {e}")))?;
     match rx.recv_timeout(limit) {
         Ok(result) => result.map_err(TxnCallError::Kafka),
-        Err(_) => Err(TxnCallError::Hung(what, limit)),
+        Err(std_mpsc::RecvTimeoutError::Timeout) => Err(TxnCallError::Hung(what, limit)),
+        // The call panicked: it returned, just not with an answer.
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(TxnCallError::NoThread(format!(
+            "{what} ended without an answer (panicked)"
+        ))),
     }
 }
 
