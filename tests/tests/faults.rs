@@ -845,11 +845,9 @@ fn losing_the_busiest_leader_of_three_nodes_loses_no_saga_at_least_once() {
     run_test(broker_loss(Mode::AtLeastOnce));
 }
 
-/// Failed in about one run of three before two fixes: records of a transaction lost to
-/// librdkafka's "implicit ack" (one request in flight per producer connection since), and
-/// `send_offsets_to_transaction` never returning after the coordinator's broker came back
-/// (transaction calls are bounded since; a wedged producer is replaced). Both:
-/// docs/delivery.md.
+/// Failed in about one run of three: librdkafka's `send_offsets_to_transaction` never returned
+/// after the coordinator's broker came back, and hundreds of sagas stalled. Transaction calls
+/// are bounded since, and a wedged producer is replaced (docs/delivery.md).
 #[test]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 fn losing_the_busiest_leader_of_three_nodes_loses_and_duplicates_nothing_exactly_once() {
