@@ -59,8 +59,9 @@ pub struct Publisher {
     catalogue: Option<std::sync::Arc<crate::catalogue::Catalogue>>,
 }
 
-/// The producer settings Choreograph relies on, on top of the pass-through properties.
-pub(crate) fn producer_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
+/// The producer settings Choreograph relies on, on top of the pass-through properties (every
+/// producer of the framework and of the `choreograph` CLI is made from these).
+pub fn producer_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
     let mut cc = config.client_config();
     if !config.properties().contains_key("linger.ms") {
         cc.set("linger.ms", "2");

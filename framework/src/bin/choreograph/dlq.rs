@@ -163,15 +163,10 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> Result<(), String> {
             if !todo.is_empty() {
                 dlq::ensure_replay_log(&config).await?;
             }
-            let producer: rdkafka::producer::FutureProducer = config
-                .client_config()
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                // As every Choreograph producer (docs/delivery.md, "Producer settings").
-                .set("max.in.flight.requests.per.connection", "1")
-                .set("partitioner", "murmur2_random")
-                .create()
-                .map_err(|e| e.to_string())?;
+            let producer: rdkafka::producer::FutureProducer =
+                choreograph::publish::producer_config(&config)
+                    .create()
+                    .map_err(|e| e.to_string())?;
             let mut failed = 0;
             for l in &todo {
                 match dlq::replay_one(&producer, &config, l).await {
