@@ -155,10 +155,11 @@ impl PartitionTracker {
     }
 }
 
-/// Trackers of every assigned partition.
+/// Trackers of every assigned partition, by topic then partition (looked up by `&str`, so the
+/// per-record calls allocate nothing).
 #[derive(Debug, Default)]
 pub struct OffsetBook {
-    partitions: HashMap<PartitionKey, PartitionTracker>,
+    partitions: HashMap<String, HashMap<i32, PartitionTracker>>,
     next_epoch: u64,
 }
 
@@ -167,38 +168,47 @@ impl OffsetBook {
     pub fn assign(&mut self, topic: &str, partition: i32) -> u64 {
         self.next_epoch += 1;
         let epoch = self.next_epoch;
-        self.partitions.insert(
-            (topic.to_owned(), partition),
-            PartitionTracker {
-                epoch,
-                ..Default::default()
-            },
-        );
+        let tracker = PartitionTracker {
+            epoch,
+            ..Default::default()
+        };
+        match self.partitions.get_mut(topic) {
+            Some(by_partition) => {
+                by_partition.insert(partition, tracker);
+            }
+            None => {
+                self.partitions
+                    .insert(topic.to_owned(), HashMap::from([(partition, tracker)]));
+            }
+        }
         epoch
     }
 
     /// A partition was revoked: its tracker is dropped, later completions of it are ignored.
     pub fn revoke(&mut self, topic: &str, partition: i32) -> Option<PartitionTracker> {
-        self.partitions.remove(&(topic.to_owned(), partition))
+        let by_partition = self.partitions.get_mut(topic)?;
+        let tracker = by_partition.remove(&partition);
+        if by_partition.is_empty() {
+            self.partitions.remove(topic);
+        }
+        tracker
     }
 
     /// The current epoch of an assigned partition.
     pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.partitions
-            .get(&(topic.to_owned(), partition))
-            .map(|t| t.epoch)
+        self.get(topic, partition).map(|t| t.epoch)
     }
 
     /// Records a taken record; returns its epoch (None if the partition is not assigned).
     pub fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Option<u64> {
-        let t = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        let t = self.get_mut(topic, partition)?;
         t.start(offset);
         Some(t.epoch)
     }
 
     /// Records a finished record; ignored when the epoch is stale.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64, epoch: u64) {
-        if let Some(t) = self.partitions.get_mut(&(topic.to_owned(), partition)) {
+        if let Some(t) = self.get_mut(topic, partition) {
             if t.epoch == epoch {
                 t.finish(offset);
             }
@@ -206,24 +216,30 @@ impl OffsetBook {
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<&PartitionTracker> {
-        self.partitions.get(&(topic.to_owned(), partition))
+        self.partitions.get(topic)?.get(&partition)
     }
 
     pub fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionTracker> {
-        self.partitions.get_mut(&(topic.to_owned(), partition))
+        self.partitions.get_mut(topic)?.get_mut(&partition)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&PartitionKey, &mut PartitionTracker)> {
-        self.partitions.iter_mut()
+    /// Every assigned partition: topic, partition, tracker.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut PartitionTracker)> {
+        self.partitions
+            .iter_mut()
+            .flat_map(|(t, ps)| ps.iter_mut().map(move |(p, tr)| (t.as_str(), *p, tr)))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&PartitionKey, &PartitionTracker)> {
-        self.partitions.iter()
+    /// Every assigned partition: topic, partition, tracker.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, &PartitionTracker)> {
+        self.partitions
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, tr)| (t.as_str(), *p, tr)))
     }
 
     /// Records in flight over all partitions.
     pub fn total_in_flight(&self) -> usize {
-        self.partitions.values().map(|t| t.in_flight()).sum()
+        self.iter().map(|(_, _, t)| t.in_flight()).sum()
     }
 }
 

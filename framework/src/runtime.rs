@@ -648,9 +648,15 @@ pub async fn termination_signal() {
     }
 }
 
+/// At most this many records are taken per turn of the consumer loop (and handed to the
+/// workers in one message).
+const TAKE_BATCH: usize = 256;
+
 /// A record handed from the consumer thread to the async workers.
 struct Job {
     message: OwnedMessage,
+    /// The message's topic, shared.
+    topic: Arc<str>,
     epoch: u64,
     /// Dispatch order (exactly-once bookkeeping).
     seq: u64,
@@ -662,7 +668,7 @@ struct Job {
 
 /// A finished record, reported back to the consumer thread.
 struct Completion {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     epoch: u64,
@@ -843,7 +849,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let handled_log = self.prepare_handled(&inputs).await?;
         let exactly_once = self.options.delivery == Delivery::ExactlyOnce;
 
-        let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Job>();
+        let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
         let (exit_tx, mut exit_rx) = oneshot::channel::<Result<(), ServiceError>>();
         let control = Arc::new(Control::default());
@@ -920,8 +926,12 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let mut stopping = false;
         let result = loop {
             tokio::select! {
-                job = job_rx.recv() => match job {
-                    Some(job) => dispatch(job, &lanes, &worker, &mut workers),
+                batch = job_rx.recv() => match batch {
+                    Some(batch) => {
+                        for job in batch {
+                            dispatch(job, &lanes, &worker, &mut workers);
+                        }
+                    }
                     None => {
                         // The consumer thread is gone; its result follows.
                         break (&mut exit_rx).await.unwrap_or_else(|_| Err(ServiceError::ConsumerThread(self.name.to_string())));
@@ -1142,7 +1152,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     fn report(&self, job: &Job, records: Vec<OutRecord>) {
         let message = &job.message;
         let completion = Completion {
-            topic: message.topic().to_owned(),
+            topic: job.topic.clone(),
             partition: message.partition(),
             offset: message.offset(),
             epoch: job.epoch,
@@ -1933,6 +1943,11 @@ struct RuntimeContext {
     /// Set when the service must stop (a fatal transaction error in a callback).
     fatal: Mutex<Option<String>>,
     ready: ReadySignal,
+    /// Records taken from the consumer but not yet handed to the workers: they go in batches,
+    /// one channel message per turn of the consumer loop (and before a revocation waits for
+    /// in-flight work, which includes them).
+    taken: Mutex<Vec<Job>>,
+    jobs: mpsc::UnboundedSender<Vec<Job>>,
 }
 
 impl ClientContext for RuntimeContext {
@@ -1977,6 +1992,8 @@ impl ConsumerContext for RuntimeContext {
                 .iter()
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
+            // Records taken in this turn of the consumer loop are in flight too: hand them over.
+            self.hand_over();
             // Give in-flight work of the revoked partitions a moment to finish.
             let deadline = Instant::now() + self.revoke_grace;
             loop {
@@ -2006,7 +2023,7 @@ impl ConsumerContext for RuntimeContext {
             }
             // A partition number stays loaded while any input topic's partition of that number
             // is still assigned (cooperative rebalancing revokes some, not all).
-            let still: HashSet<i32> = book.offsets.iter().map(|((_, p), _)| *p).collect();
+            let still: HashSet<i32> = book.offsets.iter().map(|(_, p, _)| p).collect();
             drop(book);
             if let Some(txn) = &self.txn {
                 let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
@@ -2089,6 +2106,13 @@ impl RuntimeContext {
                 }
             }
         }
+    }
+
+    /// Hands the records taken so far to the workers, in one message; false when the workers
+    /// are gone.
+    fn hand_over(&self) -> bool {
+        let batch = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
+        batch.is_empty() || self.jobs.send(batch).is_ok()
     }
 
     /// Applies finished records to the book (waiting up to `wait` for the first one).
@@ -2180,7 +2204,11 @@ impl RuntimeContext {
     fn rewind(&self, consumer: &BaseConsumer<Self>) {
         let assigned: Vec<PartitionKey> = {
             let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-            let keys: Vec<PartitionKey> = book.offsets.iter().map(|(k, _)| k.clone()).collect();
+            let keys: Vec<PartitionKey> = book
+                .offsets
+                .iter()
+                .map(|(t, p, _)| (t.to_owned(), p))
+                .collect();
             for (t, p) in &keys {
                 book.offsets.assign(t, *p);
             }
@@ -2238,17 +2266,19 @@ impl RuntimeContext {
             return;
         }
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tpl = TopicPartitionList::new();
-        let mut stored = Vec::new();
-        for ((t, p), tr) in book.offsets.iter_mut() {
-            if let Some(o) = tr.pending_commit() {
-                if tpl.add_partition_offset(t, *p, Offset::Offset(o)).is_ok() {
-                    stored.push(((t.clone(), *p), o));
-                }
-            }
-        }
-        if tpl.count() == 0 {
+        // Called on every turn of the consumer loop: nothing is allocated unless a watermark
+        // moved.
+        let stored: Vec<(PartitionKey, i64)> = book
+            .offsets
+            .iter()
+            .filter_map(|(t, p, tr)| tr.pending_commit().map(|o| ((t.to_owned(), p), o)))
+            .collect();
+        if stored.is_empty() {
             return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(stored.len());
+        for ((t, p), o) in &stored {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
         match consumer.store_offsets(&tpl) {
             Ok(()) => {
@@ -2358,7 +2388,7 @@ impl ConsumerThread {
 
     fn run(
         self,
-        jobs: mpsc::UnboundedSender<Job>,
+        jobs: mpsc::UnboundedSender<Vec<Job>>,
         done: std_mpsc::Receiver<Completion>,
     ) -> Result<(), ServiceError> {
         let txn = if self.exactly_once() {
@@ -2380,8 +2410,12 @@ impl ConsumerThread {
             txn,
             fatal: Mutex::new(None),
             ready: self.ready.clone(),
+            taken: Mutex::new(Vec::new()),
+            jobs,
         };
         let consumer = self.consumer(ctx)?;
+        // The subscribed topics' names, shared by every job and completion of the topic.
+        let names: Vec<Arc<str>> = self.topics.iter().map(|t| Arc::from(t.as_str())).collect();
         let max = self.options.max_in_flight_per_partition.max(1);
         let max_total = self.options.max_in_flight.max(1);
         let mut draining_since: Option<Instant> = None;
@@ -2447,85 +2481,102 @@ impl ConsumerThread {
                 continue;
             }
 
-            match consumer.poll(Duration::from_millis(5)) {
-                None => {}
-                // Logged at most every 5 s: librdkafka retries by itself.
-                Some(Err(e))
-                    if last_poll_error
-                        .map(|t| t.elapsed() > Duration::from_secs(5))
-                        .unwrap_or(true) =>
-                {
-                    tracing::warn!(service = %self.service, error = %e, "consumer error (librdkafka retries by itself)");
-                    last_poll_error = Some(Instant::now());
-                }
-                Some(Err(_)) => {}
-                Some(Ok(message)) => {
-                    if draining_since.is_some() {
-                        // Not taken: not tracked, never committed; handled after a restart.
-                        continue;
-                    }
-                    let (topic, partition, offset) = (
-                        message.topic().to_owned(),
-                        message.partition(),
-                        message.offset(),
-                    );
-                    let unhandled = message
-                        .headers()
-                        .and_then(|hs| hs.iter().filter(|h| h.key == headers::TYPE).last())
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(|t| !self.handled.contains(t))
-                        .unwrap_or(false);
-                    let mut book = ctx.book.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(epoch) = book.offsets.start(&topic, partition, offset) else {
-                        continue;
-                    };
-                    seq += 1;
-                    if let Some(txn) = &ctx.txn {
-                        let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
-                        txn.book.start(seq, &topic, partition, offset, epoch);
-                        if unhandled {
-                            txn.book.finish(seq, partition, epoch, Vec::new());
+            // Take up to a batch of records (the first poll waits up to 5 ms, the rest take only
+            // what librdkafka has already fetched), then hand them to the workers in one go.
+            let room = if draining_since.is_some() {
+                TAKE_BATCH
+            } else {
+                max_total.saturating_sub(total).min(TAKE_BATCH)
+            };
+            let mut wait = Duration::from_millis(5);
+            let mut taken = 0;
+            while taken < room {
+                let polled = consumer.poll(wait);
+                wait = Duration::ZERO;
+                let message = match polled {
+                    None => break,
+                    // Logged at most every 5 s: librdkafka retries by itself.
+                    Some(Err(e)) => {
+                        if last_poll_error.map_or(true, |t| t.elapsed() > Duration::from_secs(5)) {
+                            tracing::warn!(service = %self.service, error = %e, "consumer error (librdkafka retries by itself)");
+                            last_poll_error = Some(Instant::now());
                         }
-                    }
-                    if unhandled {
-                        // Not ours to handle: the offset simply advances.
-                        book.offsets.finish(&topic, partition, offset, epoch);
-                        continue;
-                    }
-                    let in_flight = book
-                        .offsets
-                        .get(&topic, partition)
-                        .map(|t| t.in_flight())
-                        .unwrap_or(0);
-                    if in_flight >= max && book.paused.insert((topic.clone(), partition)) {
-                        let mut tpl = TopicPartitionList::new();
-                        tpl.add_partition(&topic, partition);
-                        if let Err(e) = consumer.pause(&tpl) {
-                            tracing::warn!(error = %e, "pausing a partition failed");
-                            book.paused.remove(&(topic.clone(), partition));
-                        } else {
-                            tracing::debug!(topic = %topic, partition, in_flight, "partition paused (backpressure)");
-                        }
-                    }
-                    drop(book);
-                    let job = Job {
-                        message: message.detach(),
-                        epoch,
-                        seq,
-                        state_generation: ctx
-                            .saga_state
-                            .as_ref()
-                            .and_then(|(_, s)| s.generation(partition)),
-                        handled_generation: ctx
-                            .handled_log
-                            .as_ref()
-                            .and_then(|(_, l)| l.generation(partition)),
-                    };
-                    if jobs.send(job).is_err() {
                         break;
                     }
+                    Some(Ok(message)) => message,
+                };
+                if draining_since.is_some() {
+                    // Not taken: not tracked, never committed; handled after a restart.
+                    continue;
                 }
+                let (partition, offset) = (message.partition(), message.offset());
+                let topic = names
+                    .iter()
+                    .find(|n| ***n == *message.topic())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(message.topic()));
+                let unhandled = message
+                    .headers()
+                    .and_then(|hs| hs.iter().filter(|h| h.key == headers::TYPE).last())
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(|t| !self.handled.contains(t))
+                    .unwrap_or(false);
+                let mut book = ctx.book.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(epoch) = book.offsets.start(&topic, partition, offset) else {
+                    continue;
+                };
+                seq += 1;
+                if let Some(txn) = &ctx.txn {
+                    let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+                    txn.book.start(seq, &topic, partition, offset, epoch);
+                    if unhandled {
+                        txn.book.finish(seq, partition, epoch, Vec::new());
+                    }
+                }
+                if unhandled {
+                    // Not ours to handle: the offset simply advances.
+                    book.offsets.finish(&topic, partition, offset, epoch);
+                    continue;
+                }
+                let in_flight = book
+                    .offsets
+                    .get(&topic, partition)
+                    .map(|t| t.in_flight())
+                    .unwrap_or(0);
+                if in_flight >= max && book.paused.insert((topic.to_string(), partition)) {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    if let Err(e) = consumer.pause(&tpl) {
+                        tracing::warn!(error = %e, "pausing a partition failed");
+                        book.paused.remove(&(topic.to_string(), partition));
+                    } else {
+                        tracing::debug!(topic = %topic, partition, in_flight, "partition paused (backpressure)");
+                    }
+                }
+                drop(book);
+                let job = Job {
+                    message: message.detach(),
+                    topic,
+                    epoch,
+                    seq,
+                    state_generation: ctx
+                        .saga_state
+                        .as_ref()
+                        .and_then(|(_, s)| s.generation(partition)),
+                    handled_generation: ctx
+                        .handled_log
+                        .as_ref()
+                        .and_then(|(_, l)| l.generation(partition)),
+                };
+                ctx.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(job);
+                taken += 1;
+            }
+            if !ctx.hand_over() {
+                break;
             }
         }
         // Final commit of finished work, then leave the group (blocking; on this thread).
