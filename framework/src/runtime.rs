@@ -1013,6 +1013,12 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
     });
 }
 
+/// Sleeps, boxed: the timer is only allocated when a wait happens, so the futures of the
+/// per-record path (which all could wait) stay small.
+async fn pause(duration: Duration) {
+    Box::pin(tokio::time::sleep(duration)).await
+}
+
 #[derive(Default)]
 struct Control {
     /// Graceful stop requested.
@@ -1118,13 +1124,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         match decode_message(message) {
             // Not a CloudEvent: no saga to log it under; the dead letter says why.
             Err(e) => {
-                self.dead_letter(
+                Box::pin(self.dead_letter(
                     &sink,
                     message,
                     DeadLetterReason::InvalidEnvelope,
                     e.to_string(),
                     0,
-                )
+                ))
                 .await
             }
             Ok((event, _)) => {
@@ -1247,8 +1253,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 error,
                 attempts,
             } => {
-                self.dead_letter(sink, message, reason, error.clone(), attempts)
-                    .await;
+                Box::pin(self.dead_letter(sink, message, reason, error.clone(), attempts)).await;
                 StepRecord {
                     outcome: StepOutcome::DeadLettered,
                     attempts,
@@ -1284,57 +1289,144 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 Ok(())
             }
             Sink::Direct => {
+                // The common case inline: enqueued at once, acknowledged with an offset. This
+                // future is part of every record's task, so it holds only the record and the
+                // delivery; a full queue or a failure takes the boxed path, which retries.
                 let mut record = record;
-                let mut failures = 0u32;
-                // The headers move into the send; a failed send hands them back for the next.
-                let mut headers = record.headers.take();
-                loop {
+                // (Scoped so that only the record and the delivery are kept across the wait.)
+                let sent = {
+                    let headers = record.headers.take();
                     let mut out = record.as_future();
-                    out.headers = headers.take();
-                    match self
-                        .producer
-                        .send(out, rdkafka::util::Timeout::After(self.delivery_timeout))
-                        .await
-                    {
-                        Ok(d) if d.offset < 0 => {
+                    out.headers = headers;
+                    self.producer
+                        .send_result(out)
+                        .map_err(|(e, back)| (e, back.headers))
+                };
+                let failure = match sent {
+                    Err((e, headers)) => {
+                        record.headers = headers;
+                        match e {
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => None,
+                            e => Some(e),
+                        }
+                    }
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(d)) if d.offset >= 0 => {
+                            tracing::debug!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} written");
+                            return Ok(());
+                        }
+                        Ok(Ok(d)) => {
                             // librdkafka acknowledged it without an offset ("implicitly acked"):
                             // with one request in flight this should not happen; if it does, the
                             // record may not have been written (docs/delivery.md).
                             tracing::warn!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} acknowledged without an offset");
                             return Ok(());
                         }
-                        Ok(d) => {
-                            tracing::debug!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} written");
-                            return Ok(());
+                        Ok(Err((e, back))) => {
+                            record.headers = back.headers().cloned();
+                            Some(e)
                         }
-                        Err((e, _)) if is_permanent(&e) => return Err(e.to_string()),
-                        Err((e, back)) => {
-                            headers = back.headers().cloned();
-                            failures += 1;
-                            tracing::warn!(topic = %record.topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
-                            tokio::time::sleep(Duration::from_millis(
-                                100 * u64::from(failures.min(50)),
+                        // We hold the producer, so librdkafka cannot drop the record unsent
+                        // (rdkafka's own `send` assumes the same).
+                        Err(_) => {
+                            return Err(format!(
+                                "the producer dropped the {what} without a delivery report"
                             ))
-                            .await;
                         }
+                    },
+                };
+                Box::pin(self.write_retrying(record, failure, what)).await
+            }
+        }
+    }
+
+    /// Writes a record straight to the broker, retrying with backoff until it is acknowledged;
+    /// `failure` is how a first attempt failed (None: not tried yet, or the queue was full).
+    async fn write_retrying(
+        &self,
+        record: OutRecord,
+        failure: Option<KafkaError>,
+        what: &str,
+    ) -> Result<(), String> {
+        let mut record = record;
+        let mut failures = 0u32;
+        let mut queue_full_since: Option<Instant> = None;
+        // The headers move into the send; a failed send hands them back for the next.
+        let mut headers = record.headers.take();
+        if let Some(e) = failure {
+            if is_permanent(&e) {
+                return Err(e.to_string());
+            }
+            failures += 1;
+            tracing::warn!(topic = %record.topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
+            pause(Duration::from_millis(100)).await;
+        }
+        loop {
+            let mut out = record.as_future();
+            out.headers = headers.take();
+            let delivered = match self.producer.send_result(out) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(d)) => Ok(d),
+                    Ok(Err((e, back))) => {
+                        headers = back.headers().cloned();
+                        Err(e)
                     }
+                    // We hold the producer, so librdkafka cannot drop the record unsent
+                    // (rdkafka's own `send` assumes the same).
+                    Err(_) => {
+                        return Err(format!(
+                            "the producer dropped the {what} without a delivery report"
+                        ))
+                    }
+                },
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // librdkafka's queue is full: wait for room, as `send` would.
+                    headers = back.headers;
+                    let since = *queue_full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.delivery_timeout {
+                        tracing::warn!(topic = %record.topic, "the producer queue stayed full for the delivery timeout; still waiting (the input stays uncommitted)");
+                        queue_full_since = None;
+                    }
+                    pause(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err((e, back)) => {
+                    headers = back.headers;
+                    Err(e)
+                }
+            };
+            queue_full_since = None;
+            match delivered {
+                Ok(d) if d.offset < 0 => {
+                    // librdkafka acknowledged it without an offset ("implicitly acked"):
+                    // with one request in flight this should not happen; if it does, the
+                    // record may not have been written (docs/delivery.md).
+                    tracing::warn!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} acknowledged without an offset");
+                    return Ok(());
+                }
+                Ok(d) => {
+                    tracing::debug!(topic = %record.topic, partition = d.partition, offset = d.offset, "{what} written");
+                    return Ok(());
+                }
+                Err(e) if is_permanent(&e) => return Err(e.to_string()),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(topic = %record.topic, error = %e, attempt = failures, "writing a {what} failed; retrying (the input stays uncommitted)");
+                    pause(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
                 }
             }
         }
     }
 
-    /// Appends a step to the saga log (acknowledged before the input is committed).
-    async fn write_step(
+    /// The saga-log record of a step (built outside the async path, so the step itself is not
+    /// part of any future).
+    fn step_record(
         &self,
-        sink: &Sink,
         message: &OwnedMessage,
         event: &CloudEvent,
         step: StepRecord,
         started_at: chrono::DateTime<chrono::Utc>,
-    ) {
-        if !self.saga_log {
-            return;
-        }
+    ) -> OutRecord {
         let record = Step {
             version: 1,
             correlation_id: event.correlation_id,
@@ -1361,6 +1453,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let mut out = OutRecord::new(&self.saga_log_topic);
         out.key = Some(event.correlation_id.to_string().into_bytes());
         out.payload = Some(serde_json::to_vec(&record).unwrap_or_default());
+        out
+    }
+
+    /// Appends a step to the saga log (acknowledged before the input is committed).
+    async fn write_step(
+        &self,
+        sink: &Sink,
+        message: &OwnedMessage,
+        event: &CloudEvent,
+        step: StepRecord,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        if !self.saga_log {
+            return;
+        }
+        let out = self.step_record(message, event, step, started_at);
         if let Err(e) = self.write(sink, out, "saga-log step").await {
             tracing::error!(error = %e, "a saga-log step could not be written; the saga's trace misses it");
         }
@@ -1500,10 +1608,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         error: Some(e.message().to_owned()),
                         reason: None,
                     };
-                    self.write_step(sink, message, event, retried, started_at)
-                        .await;
+                    // Boxed: the retry path should not grow every record's future.
+                    Box::pin(self.write_step(sink, message, event, retried, started_at)).await;
                     tracing::info!(attempt, ?backoff, error = %e.message(), "handler failed, will retry");
-                    tokio::time::sleep(backoff).await;
+                    pause(backoff).await;
                     attempt += 1;
                 }
                 Err(panic) => {
@@ -1563,11 +1671,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let sends = events.iter().map(|(topic, ce)| async move {
             let mut failures = 0u32;
             // The topic first (created when missing), retried while the cluster is away.
-            while let Err(e) = self.topics.ensure(&[topic.as_str()]).await {
+            // (Boxed, and only when the topic is not known yet: every record's future stays small.)
+            while !self.topics.is_known(topic) {
+                let Err(e) = Box::pin(self.topics.ensure(&[topic.as_str()])).await else {
+                    break;
+                };
                 failures += 1;
                 let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
                 tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
-                tokio::time::sleep(backoff).await;
+                pause(backoff).await;
             }
             let (key, value, headers) = record_headers(ce);
             let mut record = OutRecord::new(topic.as_str());

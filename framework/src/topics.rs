@@ -144,14 +144,17 @@ impl Topics {
         Ok(())
     }
 
-    /// Makes sure a topic exists, creating it as `spec` says when it is missing.
-    pub async fn ensure_spec(&self, topic: &str, spec: &TopicSpec) -> Result<(), TopicError> {
-        if self
-            .known
+    /// Whether a topic is known to exist (ensured before by this client).
+    pub fn is_known(&self, topic: &str) -> bool {
+        self.known
             .lock()
             .map(|k| k.contains(topic))
             .unwrap_or(false)
-        {
+    }
+
+    /// Makes sure a topic exists, creating it as `spec` says when it is missing.
+    pub async fn ensure_spec(&self, topic: &str, spec: &TopicSpec) -> Result<(), TopicError> {
+        if self.is_known(topic) {
             return Ok(());
         }
         match self.partition_count(topic).await? {
