@@ -28,10 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use rdkafka::Message;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::config::KafkaConfig;
 use crate::record::{read_partition, ReadFrom};
@@ -197,87 +194,6 @@ impl HandledLog {
 pub(crate) fn marker_payload<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
     let pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
     serde_json::to_vec(&pairs).unwrap_or_default()
-}
-
-struct MarkRequest {
-    partition: i32,
-    source: String,
-    id: String,
-    done: oneshot::Sender<()>,
-}
-
-/// Writes markers in batches (at-least-once mode): whatever was handled while the previous batch
-/// was being written goes into one record per partition.
-#[derive(Clone)]
-pub(crate) struct MarkerWriter {
-    requests: mpsc::UnboundedSender<MarkRequest>,
-}
-
-/// At most this many events per marker record.
-const BATCH: usize = 1000;
-
-impl MarkerWriter {
-    /// Starts the writer task (it ends when every `MarkerWriter` is dropped).
-    pub(crate) fn spawn(producer: FutureProducer, topic: String, timeout: Duration) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<MarkRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    }
-                }
-                let mut by_partition: HashMap<i32, Vec<&MarkRequest>> = HashMap::new();
-                for r in &batch {
-                    by_partition.entry(r.partition).or_default().push(r);
-                }
-                let writes = by_partition.into_iter().map(|(partition, reqs)| {
-                    let payload =
-                        marker_payload(reqs.iter().map(|r| (r.source.as_str(), r.id.as_str())));
-                    let (producer, topic) = (&producer, &topic);
-                    async move {
-                        let mut failures = 0u32;
-                        loop {
-                            let record = FutureRecord::<[u8], [u8]>::to(topic)
-                                .partition(partition)
-                                .payload(&payload);
-                            match producer.send(record, Timeout::After(timeout)).await {
-                                Ok(_) => return,
-                                Err((e, _)) => {
-                                    failures += 1;
-                                    tracing::warn!(%topic, partition, error = %e, attempt = failures, "writing handled markers failed; retrying (their inputs stay uncommitted)");
-                                    tokio::time::sleep(Duration::from_millis(
-                                        100 * u64::from(failures.min(50)),
-                                    ))
-                                    .await;
-                                }
-                            }
-                        }
-                    }
-                });
-                futures::future::join_all(writes).await;
-                for r in batch {
-                    let _ = r.done.send(());
-                }
-            }
-        });
-        Self { requests: tx }
-    }
-
-    /// Records a handled event; resolves once its marker is acknowledged (false: the writer is
-    /// gone, the service is stopping).
-    pub(crate) async fn mark(&self, partition: i32, source: &str, id: &str) -> bool {
-        let (done, wait) = oneshot::channel();
-        let request = MarkRequest {
-            partition,
-            source: source.to_owned(),
-            id: id.to_owned(),
-            done,
-        };
-        self.requests.send(request).is_ok() && wait.await.is_ok()
-    }
 }
 
 #[cfg(test)]

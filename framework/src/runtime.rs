@@ -43,7 +43,7 @@
 //! - Shutdown (SIGINT/SIGTERM, or [`ShutdownHandle::shutdown`]): stop taking records, finish
 //!   in-flight work within the shutdown timeout, commit, close the consumer, flush the producer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -71,7 +71,7 @@ use crate::delivery::{OutRecord, TxnBook};
 use crate::envelope::{derived_event_id, headers, CloudEvent};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
-use crate::idempotency::{HandledLog, Idempotency, MarkerWriter};
+use crate::idempotency::{HandledLog, Idempotency};
 use crate::publish::{producer_config, record_headers};
 use crate::record::decode_message;
 use crate::saga_log::{Emitted, Step, StepInput, StepOutcome};
@@ -684,6 +684,16 @@ enum Sink {
     Transaction(Mutex<Vec<OutRecord>>),
 }
 
+impl Sink {
+    /// The records collected for the transaction (none when written directly).
+    fn into_records(self) -> Vec<OutRecord> {
+        match self {
+            Sink::Direct => Vec::new(),
+            Sink::Transaction(records) => records.into_inner().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> Service<S> {
     pub fn name(&self) -> &str {
         &self.name
@@ -844,10 +854,19 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         all.extend(dlqs.iter().map(String::as_str));
         all.push(&saga_log);
         self.topics.ensure(&all).await?;
+        let exactly_once = self.options.delivery == Delivery::ExactlyOnce;
+        // At-least-once, steps are batched per saga-log partition (see write_tails).
+        let saga_log_partitions = if self.options.saga_log && !exactly_once {
+            self.topics
+                .settled_partition_count(&saga_log)
+                .await?
+                .unwrap_or(0)
+        } else {
+            0
+        };
         let changelog = self.prepare_saga_state(&inputs).await?;
         let store = changelog.as_ref().map(|_| SagaStore::default());
         let handled_log = self.prepare_handled(&inputs).await?;
-        let exactly_once = self.options.delivery == Delivery::ExactlyOnce;
 
         let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
@@ -881,6 +900,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             })
             .map_err(|e| ServiceError::Kafka(format!("cannot start the consumer thread: {e}")))?;
 
+        let (tail_tx, tail_rx) = mpsc::unbounded_channel::<Tail>();
+
         let worker = Arc::new(Worker {
             service: self.name.clone(),
             instance: self.instance.clone(),
@@ -894,17 +915,9 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             delivery_timeout: self.config.delivery_timeout,
             topic_prefix: self.config.topic_prefix.clone(),
             saga_log_topic: self.config.topic(&self.config.saga_log_topic),
+            saga_log_partitions,
             saga_state: changelog.zip(store),
-            markers: handled_log
-                .as_ref()
-                .filter(|_| !exactly_once)
-                .map(|(topic, _)| {
-                    MarkerWriter::spawn(
-                        self.producer.clone(),
-                        topic.clone(),
-                        self.config.delivery_timeout,
-                    )
-                }),
+            tails: tail_tx,
             handled_log,
             saga_log: self.options.saga_log,
             exactly_once,
@@ -919,6 +932,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         });
         let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
         let mut workers = JoinSet::new();
+        // In the set, so that it ends with the lane tasks (it holds the worker).
+        workers.spawn(worker.clone().write_tails(tail_rx));
         tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, delivery = ?self.options.delivery, idempotency = ?self.options.idempotency, "service started");
 
         tokio::pin!(stop);
@@ -1049,14 +1064,16 @@ struct Worker<S> {
     delivery_timeout: Duration,
     topic_prefix: String,
     saga_log_topic: String,
+    /// The saga log's partition count when steps are batched (at-least-once), else 0.
+    saga_log_partitions: usize,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
     /// The handled-marker topic and the in-memory log, when idempotency is on.
     handled_log: Option<(String, HandledLog)>,
     /// Write saga-log steps.
     saga_log: bool,
-    /// The batching marker writer (at-least-once mode).
-    markers: Option<MarkerWriter>,
+    /// To the tail writer (at-least-once mode).
+    tails: mpsc::UnboundedSender<Tail>,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
     /// they go into a transaction).
@@ -1072,6 +1089,50 @@ struct StepRecord {
     emitted: Vec<Emitted>,
     error: Option<String>,
     reason: Option<DeadLetterReason>,
+}
+
+/// What finishes a processed input, once its follow-up events are written.
+struct Finish {
+    /// Its saga-log step (none when the partition was lost meanwhile).
+    step: Option<StepRecord>,
+    /// Remember it as handled (idempotency).
+    mark: bool,
+}
+
+impl Finish {
+    fn step(outcome: StepOutcome, attempts: u32, emitted: Vec<Emitted>) -> Self {
+        Self {
+            step: Some(StepRecord {
+                outcome,
+                attempts,
+                emitted,
+                error: None,
+                reason: None,
+            }),
+            mark: false,
+        }
+    }
+}
+
+/// At most this many inputs' tails per batch of the tail writer.
+const TAIL_BATCH: usize = 1000;
+
+/// At most about this many bytes of steps per batched saga-log record (well under the brokers'
+/// default `message.max.bytes`, 1 MB).
+const STEP_BATCH_BYTES: usize = 256 * 1024;
+
+/// The end of an input, at-least-once: written by the tail writer ([`Worker::write_tails`]),
+/// then the input is reported finished.
+struct Tail {
+    step: Option<OutRecord>,
+    marker: Option<Marker>,
+    completion: Completion,
+}
+
+/// A handled event to remember durably: its marker goes to the partition's marker record.
+struct Marker {
+    partition: i32,
+    event: Arc<CloudEvent>,
 }
 
 enum Outcome {
@@ -1121,7 +1182,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         };
         let message = &job.message;
         let started_at = chrono::Utc::now();
-        match decode_message(message) {
+        let event = match decode_message(message) {
+            Ok((event, _)) => Arc::new(event),
             // Not a CloudEvent: no saga to log it under; the dead letter says why.
             Err(e) => {
                 Box::pin(self.dead_letter(
@@ -1131,69 +1193,218 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     e.to_string(),
                     0,
                 ))
-                .await
+                .await;
+                let records = sink.into_records();
+                self.report(&job, records);
+                return;
             }
-            Ok((event, _)) => {
-                let span = tracing::info_span!(
-                    "handle",
-                    service = %self.service,
-                    event_type = %event.event_type,
-                    correlation_id = %event.correlation_id,
-                    causation_id = event.causation_id.as_deref().unwrap_or(""),
-                    event_id = %event.id,
-                );
-                self.process_event(&job, &sink, Arc::new(event), started_at)
-                    .instrument(span)
-                    .await
+        };
+        let span = tracing::info_span!(
+            "handle",
+            service = %self.service,
+            event_type = %event.event_type,
+            correlation_id = %event.correlation_id,
+            causation_id = event.causation_id.as_deref().unwrap_or(""),
+            event_id = %event.id,
+        );
+        let finish = self
+            .process_event(&job, &sink, &event, started_at)
+            .instrument(span.clone())
+            .await;
+        match sink {
+            Sink::Direct => {
+                let _entered = span.enter();
+                self.hand_to_tail_writer(job, &event, finish, started_at);
+            }
+            Sink::Transaction(_) => {
+                async {
+                    if finish.mark {
+                        self.write_handled(&sink, &job, &event).await;
+                    }
+                    if let Some(step) = finish.step {
+                        self.write_step(&sink, &job.message, &event, step, started_at)
+                            .await;
+                    }
+                }
+                .instrument(span)
+                .await;
+                let records = sink.into_records();
+                self.report(&job, records);
             }
         }
-        let records = match sink {
-            Sink::Direct => Vec::new(),
-            Sink::Transaction(records) => records.into_inner().unwrap_or_else(|e| e.into_inner()),
+    }
+
+    /// At-least-once: hands what finishes an input (its saga-log step and handled marker) to
+    /// the tail writer, which writes them in batches and then reports the input finished.
+    fn hand_to_tail_writer(
+        &self,
+        job: Job,
+        event: &Arc<CloudEvent>,
+        finish: Finish,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let step = finish
+            .step
+            .filter(|_| self.saga_log)
+            .map(|step| self.step_record(&job.message, event, step, started_at));
+        // The event's follow-up events are written: it counts as handled from now on in this
+        // process (a redelivery in the same lane is skipped); the marker makes that durable.
+        let marker = match &self.handled_log {
+            Some((_, log)) if finish.mark && self.still_owned(&job) => {
+                let partition = job.message.partition();
+                log.insert(partition, job.handled_generation, &event.source, &event.id);
+                Some(Marker {
+                    partition,
+                    event: event.clone(),
+                })
+            }
+            _ => None,
         };
-        self.report(&job, records);
+        let completion = self.completion(&job, Vec::new());
+        if step.is_none() && marker.is_none() {
+            self.send_completion(completion);
+            return;
+        }
+        let tail = Tail {
+            step,
+            marker,
+            completion,
+        };
+        // Fails only when the service is stopping (the input stays uncommitted).
+        let _ = self.tails.send(tail);
+    }
+
+    /// The tail writer (at-least-once): takes the finished inputs' tails in batches, writes
+    /// their saga-log steps and one handled-marker record per partition, waits for every
+    /// acknowledgement, then reports the inputs finished. Batches go one after another, so the
+    /// steps of one saga stay in order.
+    async fn write_tails(self: Arc<Self>, mut tails: mpsc::UnboundedReceiver<Tail>) {
+        let this: &Self = &self;
+        while let Some(first) = tails.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < TAIL_BATCH {
+                match tails.try_recv() {
+                    Ok(t) => batch.push(t),
+                    Err(_) => break,
+                }
+            }
+            let steps = this.step_records(batch.iter_mut().filter_map(|t| t.step.take()));
+            let mut by_partition: BTreeMap<i32, Vec<&Marker>> = BTreeMap::new();
+            for m in batch.iter().filter_map(|t| t.marker.as_ref()) {
+                by_partition.entry(m.partition).or_default().push(m);
+            }
+            let marker_writes = by_partition.into_iter().filter_map(|(partition, markers)| {
+                let (topic, _) = this.handled_log.as_ref()?;
+                let mut out = OutRecord::new(topic);
+                out.partition = Some(partition);
+                out.payload = Some(crate::idempotency::marker_payload(
+                    markers
+                        .iter()
+                        .map(|m| (m.event.source.as_str(), m.event.id.as_str())),
+                ));
+                Some(async move {
+                    if let Err(e) = this.write(&Sink::Direct, out, "handled marker").await {
+                        tracing::error!(service = %this.service, partition, error = %e, "handled markers could not be written; a redelivery after a restart would run their handlers again");
+                    }
+                })
+            });
+            let step_writes = steps.into_iter().map(|out| async move {
+                if let Err(e) = this.write(&Sink::Direct, out, "saga-log step").await {
+                    tracing::error!(service = %this.service, error = %e, "saga-log steps could not be written; their sagas' traces miss them");
+                }
+            });
+            futures::join!(
+                futures::future::join_all(marker_writes),
+                futures::future::join_all(step_writes)
+            );
+            for tail in batch {
+                self.send_completion(tail.completion);
+            }
+        }
+    }
+
+    /// The saga-log records of a batch of steps (each keyed by its correlation ID): the steps
+    /// bound for one partition share a record (a JSON array, no key; up to
+    /// [`STEP_BATCH_BYTES`]), a lone step stays a keyed record of its own
+    /// ([`crate::saga_log`]). In order, so a saga's steps stay in order.
+    fn step_records(&self, steps: impl Iterator<Item = OutRecord>) -> Vec<OutRecord> {
+        let n = self.saga_log_partitions;
+        if n == 0 {
+            return steps.collect();
+        }
+        let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+        for step in steps {
+            let p =
+                crate::trace::partition_for_key(step.key.as_deref().unwrap_or_default(), n as i32);
+            by_partition.entry(p).or_default().push(step);
+        }
+        let mut records = Vec::new();
+        for (partition, mut steps) in by_partition {
+            if steps.len() == 1 {
+                let mut step = steps.remove(0);
+                step.partition = Some(partition);
+                records.push(step);
+                continue;
+            }
+            let mut chunk: Vec<&[u8]> = Vec::new();
+            let mut bytes = 0;
+            let mut flush = |chunk: &mut Vec<&[u8]>| {
+                let mut out = OutRecord::new(&self.saga_log_topic);
+                out.partition = Some(partition);
+                out.payload = Some(crate::saga_log::batch_payload(chunk.drain(..)));
+                records.push(out);
+            };
+            for step in &steps {
+                let payload = step.payload.as_deref().unwrap_or_default();
+                if !chunk.is_empty() && bytes + payload.len() > STEP_BATCH_BYTES {
+                    flush(&mut chunk);
+                    bytes = 0;
+                }
+                bytes += payload.len() + 1;
+                chunk.push(payload);
+            }
+            flush(&mut chunk);
+        }
+        records
     }
 
     /// Tells the consumer thread a record is finished (ignored there if its epoch is over).
     fn report(&self, job: &Job, records: Vec<OutRecord>) {
-        let message = &job.message;
-        let completion = Completion {
+        self.send_completion(self.completion(job, records));
+    }
+
+    fn completion(&self, job: &Job, records: Vec<OutRecord>) -> Completion {
+        Completion {
             topic: job.topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
+            partition: job.message.partition(),
+            offset: job.message.offset(),
             epoch: job.epoch,
             seq: job.seq,
             records,
-        };
+        }
+    }
+
+    fn send_completion(&self, completion: Completion) {
         if let Ok(done) = self.done.lock() {
             let _ = done.send(completion);
         }
     }
 
-    /// Handles a decoded event: handler, follow-up events, saga state, then the handled marker
-    /// and the saga-log step, each acknowledged in that order (or, exactly-once, all in the
-    /// input's share of the transaction) before the input counts as finished.
+    /// Handles a decoded event: handler, follow-up events (acknowledged, or in the input's share
+    /// of the transaction), saga state; returns what finishes it: its saga-log step, and
+    /// whether to remember it as handled (both written after the follow-up events).
     async fn process_event(
         &self,
         job: &Job,
         sink: &Sink,
-        event: Arc<CloudEvent>,
+        event: &Arc<CloudEvent>,
         started_at: chrono::DateTime<chrono::Utc>,
-    ) {
+    ) -> Finish {
         let message = &job.message;
         if let Some((_, log)) = &self.handled_log {
             if log.contains(message.partition(), &event.source, &event.id) {
                 tracing::debug!("already handled: acknowledged without running the handler");
-                let step = StepRecord {
-                    outcome: StepOutcome::Duplicate,
-                    attempts: 0,
-                    emitted: Vec::new(),
-                    error: None,
-                    reason: None,
-                };
-                self.write_step(sink, message, &event, step, started_at)
-                    .await;
-                return;
+                return Finish::step(StepOutcome::Duplicate, 0, Vec::new());
             }
         }
         let slot = self.saga_state.as_ref().map(|(_, store)| {
@@ -1201,19 +1412,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             Arc::new(SagaSlot::new(store.get(message.partition(), key)))
         });
         let mut outcome = self
-            .handle(sink, message, &event, slot.clone(), started_at)
+            .handle(sink, message, event, slot.clone(), started_at)
             .await;
         let mut emitted = Vec::new();
         if let Outcome::Handled { outgoing, attempts } = &outcome {
-            match self.publish_outputs(sink, &event, outgoing).await {
+            match self.publish_outputs(sink, event, outgoing).await {
                 Ok(e) => {
                     emitted = e;
                     if let Some(change) = slot.and_then(|s| s.take_change()) {
                         if !self.still_owned(job) {
                             tracing::info!("partition revoked while the handler ran: its saga state is not written, the next owner handles the event again");
-                            return;
+                            return Finish {
+                                step: None,
+                                mark: false,
+                            };
                         }
-                        self.write_saga_state(sink, job, change).await;
+                        Box::pin(self.write_saga_state(sink, job, change)).await;
                     }
                 }
                 // The broker refused a follow-up event for good: the input is dead-lettered.
@@ -1226,45 +1440,30 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 }
             }
         }
-        let step = match outcome {
-            Outcome::Handled { attempts, .. } => {
-                let step = StepRecord {
-                    outcome: StepOutcome::Handled,
-                    attempts,
-                    emitted,
-                    error: None,
-                    reason: None,
-                };
-                futures::join!(
-                    self.write_handled(sink, job, &event),
-                    self.write_step(sink, message, &event, step, started_at)
-                );
-                return;
-            }
-            Outcome::Skipped => StepRecord {
-                outcome: StepOutcome::Skipped,
-                attempts: 0,
-                emitted,
-                error: None,
-                reason: None,
+        match outcome {
+            Outcome::Handled { attempts, .. } => Finish {
+                mark: true,
+                ..Finish::step(StepOutcome::Handled, attempts, emitted)
             },
+            Outcome::Skipped => Finish::step(StepOutcome::Skipped, 0, emitted),
             Outcome::DeadLetter {
                 reason,
                 error,
                 attempts,
             } => {
                 Box::pin(self.dead_letter(sink, message, reason, error.clone(), attempts)).await;
-                StepRecord {
-                    outcome: StepOutcome::DeadLettered,
-                    attempts,
-                    emitted,
-                    error: Some(error),
-                    reason: Some(reason),
+                Finish {
+                    step: Some(StepRecord {
+                        outcome: StepOutcome::DeadLettered,
+                        attempts,
+                        emitted,
+                        error: Some(error),
+                        reason: Some(reason),
+                    }),
+                    mark: false,
                 }
             }
-        };
-        self.write_step(sink, message, &event, step, started_at)
-            .await;
+        }
     }
 
     /// Writes one record: straight to the broker, retried with backoff until it is acknowledged
@@ -1474,7 +1673,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    /// Remembers a handled event: the marker, then memory ([`crate::idempotency`]).
+    /// Exactly-once: the input's handled marker goes into its share of the transaction, and to
+    /// memory (at-least-once, the tail writer batches markers: [`Self::write_tails`]).
     async fn write_handled(&self, sink: &Sink, job: &Job, event: &CloudEvent) {
         let Some((topic, log)) = &self.handled_log else {
             return;
@@ -1483,28 +1683,17 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             return;
         }
         let partition = job.message.partition();
-        let written = match (sink, &self.markers) {
-            (Sink::Direct, Some(markers)) => {
-                markers.mark(partition, &event.source, &event.id).await
+        let mut out = OutRecord::new(topic);
+        out.partition = Some(partition);
+        out.payload = Some(crate::idempotency::marker_payload([(
+            event.source.as_str(),
+            event.id.as_str(),
+        )]));
+        match self.write(sink, out, "handled marker").await {
+            Ok(()) => log.insert(partition, job.handled_generation, &event.source, &event.id),
+            Err(e) => {
+                tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again")
             }
-            _ => {
-                let mut out = OutRecord::new(topic);
-                out.partition = Some(partition);
-                out.payload = Some(crate::idempotency::marker_payload([(
-                    event.source.as_str(),
-                    event.id.as_str(),
-                )]));
-                match self.write(sink, out, "handled marker").await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again");
-                        false
-                    }
-                }
-            }
-        };
-        if written {
-            log.insert(partition, job.handled_generation, &event.source, &event.id);
         }
     }
 

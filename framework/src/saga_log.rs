@@ -16,6 +16,13 @@
 //!   "started_at": "…", "finished_at": "…", "error": null }
 //! ```
 //!
+//! Under load, at-least-once runtimes batch their steps: the steps finished meanwhile that go
+//! to one partition share one record, whose value is a JSON array of steps (and which has no
+//! key); a lone step is a record of its own, keyed by its correlation ID. Either way a step is in
+//! the partition of its correlation ID (`murmur2(correlation ID) % partitions`, the producer's
+//! partitioner), so a saga's steps are still read from one partition. Readers use
+//! [`decode_steps`], which takes both.
+//!
 //! `outcome` is `handled`, `retried` (one record per failed attempt that will be retried),
 //! `dead-lettered` (with `error` and `dead_letter_reason`), `skipped` (a structured-mode
 //! event of a type the service does not handle) or `duplicate` (a redelivered event the
@@ -81,9 +88,78 @@ pub struct Step {
     pub dead_letter_reason: Option<String>,
 }
 
+/// The steps of one saga-log record: one step, or a batch (a JSON array of steps). Empty when
+/// the record is neither.
+pub fn decode_steps(payload: &[u8]) -> Vec<Step> {
+    let batch = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    if batch {
+        serde_json::from_slice(payload).unwrap_or_default()
+    } else {
+        serde_json::from_slice(payload)
+            .map(|s| vec![s])
+            .unwrap_or_default()
+    }
+}
+
+/// A batch record's value: the steps' serialized records as a JSON array.
+pub(crate) fn batch_payload<'a>(steps: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.push(b'[');
+    for (i, step) in steps.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(step);
+    }
+    out.push(b']');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(n: u32) -> Step {
+        let t = Utc::now();
+        Step {
+            version: 1,
+            correlation_id: CorrelationId::new(),
+            service: "s".into(),
+            instance: "s-1".into(),
+            input: StepInput {
+                id: format!("e{n}"),
+                event_type: "t.v1".into(),
+                source: "/services/x".into(),
+                causation_id: None,
+                time: t,
+                topic: "t".into(),
+                partition: 0,
+                offset: i64::from(n),
+            },
+            outcome: StepOutcome::Handled,
+            attempts: n,
+            emitted: Vec::new(),
+            started_at: t,
+            finished_at: t,
+            error: None,
+            dead_letter_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_record_holds_one_step_or_a_batch() {
+        let (a, b) = (step(1), step(2));
+        let one = serde_json::to_vec(&a).unwrap();
+        assert_eq!(decode_steps(&one), vec![a.clone()]);
+        let two = serde_json::to_vec(&b).unwrap();
+        let batch = batch_payload([one.as_slice(), two.as_slice()]);
+        assert_eq!(decode_steps(&batch), vec![a, b]);
+        assert!(decode_steps(b"not json").is_empty());
+        assert!(decode_steps(b"[1, 2]").is_empty());
+    }
 
     #[test]
     fn outcome_names_are_stable() {

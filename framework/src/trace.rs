@@ -40,7 +40,7 @@ use crate::catalogue::{Catalogue, SagaOutcome};
 use crate::config::KafkaConfig;
 use crate::envelope::CorrelationId;
 use crate::record::{decode_message, retry_transient};
-use crate::saga_log::{Step, StepOutcome};
+use crate::saga_log::{decode_steps, Step, StepOutcome};
 
 /// The version of the JSON form of [`SagaTrace`] and [`SagaSummary`].
 pub const FORMAT_VERSION: u32 = 1;
@@ -616,16 +616,16 @@ impl Tracer {
                 let Some(payload) = r.message.payload() else {
                     return false;
                 };
-                let Ok(step) = serde_json::from_slice::<Step>(payload) else {
-                    return false;
-                };
-                if r.key.as_deref() == Some(key.as_bytes()) && step.correlation_id == *id {
-                    steps.push(step);
-                    quiet_after = self
-                        .ended_by_steps(&steps)
-                        .map(|last| last.timestamp_millis() + settle);
-                } else {
-                    history.push(step);
+                // One step (keyed by its saga) or a batch of steps of several sagas.
+                for step in decode_steps(payload) {
+                    if step.correlation_id == *id {
+                        steps.push(step);
+                        quiet_after = self
+                            .ended_by_steps(&steps)
+                            .map(|last| last.timestamp_millis() + settle);
+                    } else {
+                        history.push(step);
+                    }
                 }
                 false
             },
@@ -794,11 +794,7 @@ impl Tracer {
         let mut by_saga: BTreeMap<CorrelationId, Vec<Step>> = BTreeMap::new();
         let mut history = Vec::new();
         self.read(&partitions, from, options.read_timeout, |r| {
-            if let Some(step) = r
-                .message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Step>(p).ok())
-            {
+            for step in r.message.payload().map(decode_steps).unwrap_or_default() {
                 history.push(step.clone());
                 by_saga.entry(step.correlation_id).or_default().push(step);
             }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use choreograph::dead_letter::headers as dlq;
 use choreograph::record::{decode_message, header_value};
 use choreograph::runtime::{RetryPolicy, Service};
-use choreograph::saga_log::{Step, StepOutcome};
+use choreograph::saga_log::{decode_steps, Step, StepOutcome};
 use choreograph::trace::partition_for_key;
 use choreograph::watch::SagaWatch;
 use choreograph::{
@@ -509,12 +509,10 @@ async fn saga_steps(
     }
     let mut steps: HashMap<CorrelationId, Vec<Step>> = HashMap::new();
     for m in &records {
-        if let Some(step) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Step>(p).ok())
-            .filter(|s| ids.contains(&s.correlation_id))
-        {
-            steps.entry(step.correlation_id).or_default().push(step);
+        for step in m.payload().map(decode_steps).unwrap_or_default() {
+            if ids.contains(&step.correlation_id) {
+                steps.entry(step.correlation_id).or_default().push(step);
+            }
         }
     }
     (steps, records.len())
@@ -581,13 +579,10 @@ async fn saga_log_stats(config: &KafkaConfig, sagas: &Sagas) -> LogStats {
     let mut stats = LogStats::default();
     // (service, input id) → distinct runs (instance, start) with a final outcome.
     let mut runs: HashMap<(String, String), HashSet<(String, String)>> = HashMap::new();
-    for m in &records {
-        let Some(step) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Step>(p).ok())
-        else {
-            continue;
-        };
+    for step in records
+        .iter()
+        .flat_map(|m| m.payload().map(decode_steps).unwrap_or_default())
+    {
         if !sagas.contains_key(&step.correlation_id) {
             continue;
         }
