@@ -868,7 +868,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let store = changelog.as_ref().map(|_| SagaStore::default());
         let handled_log = self.prepare_handled(&inputs).await?;
 
-        let (job_tx, mut job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
+        let (job_tx, job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
         let (exit_tx, mut exit_rx) = oneshot::channel::<Result<(), ServiceError>>();
         let control = Arc::new(Control::default());
@@ -930,29 +930,17 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             catalogue: self.catalogue.clone(),
             done: Mutex::new(done_tx),
         });
-        let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
-        let mut workers = JoinSet::new();
-        // In the set, so that it ends with the lane tasks (it holds the worker).
-        workers.spawn(worker.clone().write_tails(tail_rx));
         tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, delivery = ?self.options.delivery, idempotency = ?self.options.idempotency, "service started");
+        // Dispatching runs in a task of its own, on the runtime's workers: `run` is usually
+        // awaited by `block_on` (`#[tokio::main]`), whose thread would otherwise carry it.
+        let dispatcher = tokio::spawn(dispatch_loop(job_rx, worker, tail_rx));
+        let _abort_dispatcher = AbortOnDrop(dispatcher.abort_handle());
 
         tokio::pin!(stop);
         let shutdown = self.shutdown.clone();
         let mut stopping = false;
         let result = loop {
             tokio::select! {
-                batch = job_rx.recv() => match batch {
-                    Some(batch) => {
-                        for job in batch {
-                            dispatch(job, &lanes, &worker, &mut workers);
-                        }
-                    }
-                    None => {
-                        // The consumer thread is gone; its result follows.
-                        break (&mut exit_rx).await.unwrap_or_else(|_| Err(ServiceError::ConsumerThread(self.name.to_string())));
-                    }
-                },
-                Some(_) = workers.join_next(), if !workers.is_empty() => {}
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     control.stop.store(true, Ordering::SeqCst);
@@ -966,7 +954,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
                 }
             }
         };
-        workers.abort_all();
+        // The consumer thread is gone: work still running is abandoned (never committed).
+        dispatcher.abort();
         if let Err(e) = &result {
             tracing::error!(service = %self.name, error = %e, "service failed");
         }
@@ -982,6 +971,45 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
 }
 
 type Lanes = Arc<Mutex<HashMap<Vec<u8>, VecDeque<Job>>>>;
+
+/// Aborts a task when dropped (the runtime future dropped: its work is abandoned).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Takes the consumer thread's batches and dispatches their records to lanes, until the
+/// consumer thread is gone. The lane tasks and the tail writer live in this task's set: they
+/// end with it.
+async fn dispatch_loop<S: Clone + Send + Sync + 'static>(
+    mut jobs: mpsc::UnboundedReceiver<Vec<Job>>,
+    worker: Arc<Worker<S>>,
+    tails: mpsc::UnboundedReceiver<Tail>,
+) {
+    let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
+    let mut workers = JoinSet::new();
+    workers.spawn(worker.clone().write_tails(tails));
+    loop {
+        tokio::select! {
+            batch = jobs.recv() => match batch {
+                Some(batch) => {
+                    for job in batch {
+                        dispatch(job, &lanes, &worker, &mut workers);
+                    }
+                }
+                // The consumer thread is gone.
+                None => break,
+            },
+            Some(_) = workers.join_next(), if !workers.is_empty() => {}
+        }
+    }
+    // Never returns before the runtime future ends (which aborts this task), so lanes are not
+    // cut short while the consumer thread finishes; the set's tasks are aborted when it drops.
+    std::future::pending::<()>().await;
+}
 
 /// Sends a job to its saga's lane: a new lane (and worker task) if the saga is idle, else the
 /// back of its queue.
@@ -2655,6 +2683,10 @@ impl ConsumerThread {
             ("partition.assignment.strategy", strategy),
             ("auto.commit.interval.ms", "1000"),
             ("queued.max.messages.kbytes", "4096"),
+            // When the prefetch queue is over that bound (the runtime took as much work as it
+            // may), librdkafka postpones the partition's next fetch by this much: its default,
+            // 1 s, starved a busy service for most of every second once it had caught up.
+            ("fetch.queue.backoff.ms", "10"),
             ("auto.offset.reset", "earliest"),
             // A subscribed topic the first metadata answer missed (just created) is found
             // within seconds, not after librdkafka's default 5 minutes.
