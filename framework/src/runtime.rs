@@ -970,7 +970,9 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
     }
 }
 
-type Lanes = Arc<Mutex<HashMap<Vec<u8>, VecDeque<Job>>>>;
+/// Sagas with work queued or running: the jobs waiting behind the running one (boxed: a lane
+/// task's future holds its job, and small task allocations are cheap ones).
+type Lanes = Arc<Mutex<HashMap<Vec<u8>, VecDeque<Box<Job>>>>>;
 
 /// Aborts a task when dropped (the runtime future dropped: its work is abandoned).
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -1030,6 +1032,7 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
         )
         .into_bytes(),
     };
+    let job = Box::new(job);
     {
         let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = map.get_mut(&key) {
@@ -1040,7 +1043,7 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
     }
     let lanes = lanes.clone();
     let worker = worker.clone();
-    workers.spawn(async move {
+    let lane = async move {
         let mut job = job;
         loop {
             worker.process(job).await;
@@ -1053,7 +1056,8 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
                 }
             }
         }
-    });
+    };
+    workers.spawn(lane);
 }
 
 /// Sleeps, boxed: the timer is only allocated when a wait happens, so the futures of the
@@ -1191,7 +1195,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .map_or(true, |(_, l)| l.generation(p) == job.handled_generation)
     }
 
-    async fn process(&self, job: Job) {
+    async fn process(&self, job: Box<Job>) {
         if !self.still_owned(&job) {
             // Left to the partition's next owner (its completion, of an old epoch, is ignored).
             tracing::debug!(
@@ -1242,19 +1246,22 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         match sink {
             Sink::Direct => {
                 let _entered = span.enter();
-                self.hand_to_tail_writer(job, &event, finish, started_at);
+                self.hand_to_tail_writer(&job, &event, finish, started_at);
             }
             Sink::Transaction(_) => {
-                async {
-                    if finish.mark {
-                        self.write_handled(&sink, &job, &event).await;
+                // (Boxed: kept out of every record's future.)
+                Box::pin(
+                    async {
+                        if finish.mark {
+                            self.write_handled(&sink, &job, &event).await;
+                        }
+                        if let Some(step) = finish.step {
+                            self.write_step(&sink, &job.message, &event, step, started_at)
+                                .await;
+                        }
                     }
-                    if let Some(step) = finish.step {
-                        self.write_step(&sink, &job.message, &event, step, started_at)
-                            .await;
-                    }
-                }
-                .instrument(span)
+                    .instrument(span),
+                )
                 .await;
                 let records = sink.into_records();
                 self.report(&job, records);
@@ -1266,7 +1273,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// the tail writer, which writes them in batches and then reports the input finished.
     fn hand_to_tail_writer(
         &self,
-        job: Job,
+        job: &Job,
         event: &Arc<CloudEvent>,
         finish: Finish,
         started_at: chrono::DateTime<chrono::Utc>,
