@@ -1285,7 +1285,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         // The event's follow-up events are written: it counts as handled from now on in this
         // process (a redelivery in the same lane is skipped); the marker makes that durable.
         let marker = match &self.handled_log {
-            Some((_, log)) if finish.mark && self.still_owned(&job) => {
+            Some((_, log)) if finish.mark && self.still_owned(job) => {
                 let partition = job.message.partition();
                 log.insert(partition, job.handled_generation, &event.source, &event.id);
                 Some(Marker {
@@ -1295,7 +1295,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             }
             _ => None,
         };
-        let completion = self.completion(&job, Vec::new());
+        let completion = self.completion(job, Vec::new());
         if step.is_none() && marker.is_none() {
             self.send_completion(completion);
             return;
