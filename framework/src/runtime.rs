@@ -27,9 +27,9 @@
 //! - At-least-once: an input offset is stored for commit only when its handler finished and
 //!   every event it emitted was acknowledged by the broker (`acks=all`, idempotent producer),
 //!   and only as part of the partition's contiguous finished prefix
-//!   ([`crate::delivery`]). A partition with too many records in flight is paused until work
-//!   drains, and an instance with too many in flight takes no records at all until work drains
-//!   (backpressure), so memory stays bounded.
+//!   ([`crate::delivery`]). An instance with too many records in flight takes no records at
+//!   all until work drains, and a partition over its own (lower) bound is paused until work
+//!   drains (backpressure), so memory stays bounded.
 //! - Redelivered events the service handled before are acknowledged without running the handler
 //!   ([`crate::idempotency`]).
 //! - Exactly-once ([`Delivery::ExactlyOnce`]): instead of being written as they come, what
@@ -165,7 +165,9 @@ pub struct ServiceOptions {
     /// This instance's name in logs and dead letters (default: `<service>-<pid>-<random>`).
     pub instance_id: Option<String>,
     pub retry: RetryPolicy,
-    /// Records in flight per partition before the partition is paused (default 1000).
+    /// Records in flight per partition before the partition is paused (default 1000). Only a
+    /// bound below [`Self::max_in_flight`] is applied: the instance's bound already stops it
+    /// taking records, and a pause throws away what librdkafka prefetched for the partition.
     pub max_in_flight_per_partition: usize,
     /// Records in flight in the whole instance before it stops taking records until work drains
     /// (default 1,000): bounds memory whatever the number of partitions.
@@ -2884,7 +2886,13 @@ impl ConsumerThread {
                     .get(&topic, partition)
                     .map(|t| t.in_flight())
                     .unwrap_or(0);
-                if in_flight >= max && book.paused.insert((topic.to_string(), partition)) {
+                // Only a bound below the instance's can matter: a partition never holds more
+                // than the instance takes, and a pause throws away librdkafka's prefetch of the
+                // partition (fetched again on resume).
+                if max < max_total
+                    && in_flight >= max
+                    && book.paused.insert((topic.to_string(), partition))
+                {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
                     if let Err(e) = consumer.pause(&tpl) {
