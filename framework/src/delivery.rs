@@ -224,13 +224,6 @@ impl OffsetBook {
     }
 
     /// Every assigned partition: topic, partition, tracker.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, i32, &mut PartitionTracker)> {
-        self.partitions
-            .iter_mut()
-            .flat_map(|(t, ps)| ps.iter_mut().map(move |(p, tr)| (t.as_str(), *p, tr)))
-    }
-
-    /// Every assigned partition: topic, partition, tracker.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, &PartitionTracker)> {
         self.partitions
             .iter()

@@ -16,7 +16,7 @@
 //! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
 //! - [`dlq`]: listing and replaying dead letters (once each).
 //! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
-//! - [`saga_log`]: one step record per handled event, the basis of tracing a saga.
+//! - [`saga_log`]: one step per handled event (batched under load), the basis of tracing a saga.
 //! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
 //! - [`idempotency`]: which events a service handled, by `(ce_source, ce_id)`, durable and
 //!   bounded, so redelivered events do not run handlers twice.

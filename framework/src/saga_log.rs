@@ -1,4 +1,4 @@
-//! The saga log: one step record per event a service handled, so a saga can be traced without
+//! The saga log: one step per event a service handled, so a saga can be traced without
 //! a coordinator.
 //!
 //! Every runtime appends a [`Step`] to one shared topic (default `choreograph.saga-log`, with

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use choreograph::dead_letter::headers as dlq;
 use choreograph::record::decode_message;
-use choreograph::runtime::{RetryPolicy, Service, ServiceOptions};
+use choreograph::runtime::{RetryPolicy, Service, ServiceOptions, ShutdownHandle};
 use choreograph::{
     testkit, Context, CorrelationId, Event, HandlerError, KafkaConfig, Publisher, State,
 };
@@ -182,6 +182,35 @@ fn service2(config: &KafkaConfig) -> Service<()> {
         .unwrap()
 }
 
+/// svc1 and svc2 running (A → B → C), until stopped gracefully.
+struct Chain {
+    handles: [ShutdownHandle; 2],
+    tasks: Vec<tokio::task::JoinHandle<Result<(), choreograph::runtime::ServiceError>>>,
+}
+
+impl Chain {
+    fn start(config: &KafkaConfig, probe: Arc<Probe>) -> Self {
+        let s1 = service1(config, probe);
+        let s2 = service2(config);
+        Self {
+            handles: [s1.shutdown_handle(), s2.shutdown_handle()],
+            tasks: vec![
+                tokio::spawn(s1.run_until(futures::future::pending())),
+                tokio::spawn(s2.run_until(futures::future::pending())),
+            ],
+        }
+    }
+
+    async fn stop(self) {
+        for h in &self.handles {
+            h.shutdown();
+        }
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// Starts `n` sagas, each with `per_saga` `Started` events (seq 0..per_saga), interleaved.
 async fn start_sagas(config: &KafkaConfig, n: u32, per_saga: u32) -> Vec<CorrelationId> {
     let publisher = Publisher::new(config, "/services/test").unwrap();
@@ -334,20 +363,13 @@ async fn a_two_service_chain_links_every_event() {
     common::capture_logs();
     let config = testkit::isolated_config();
     let probe = Probe::with_delay(0);
-    let s1 = service1(&config, probe.clone());
-    let s2 = service2(&config);
-    let (h1, h2) = (s1.shutdown_handle(), s2.shutdown_handle());
-    let t1 = tokio::spawn(s1.run_until(futures::future::pending()));
-    let t2 = tokio::spawn(s2.run_until(futures::future::pending()));
+    let chain = Chain::start(&config, probe.clone());
 
     let sagas = start_sagas(&config, 20, 1).await;
     let a = read_events(&config, Started::TOPIC, 20).await;
     let b = read_events(&config, Middle::TOPIC, 20).await;
     let c = read_events(&config, Finished::TOPIC, 20).await;
-    h1.shutdown();
-    h2.shutdown();
-    t1.await.unwrap().unwrap();
-    t2.await.unwrap().unwrap();
+    chain.stop().await;
     if (a.len(), b.len(), c.len()) != (20, 20, 20) {
         let why = explain_missing(&config, Finished::TOPIC, &sagas).await;
         panic!(
@@ -1206,17 +1228,9 @@ async fn batched_saga_log_steps_trace_like_single_ones() {
     // A backlog first, so the services finish many inputs at once and their tail writers put
     // many steps in one saga-log record.
     let sagas = start_sagas(&config, 400, 1).await;
-    let probe = Probe::with_delay(0);
-    let s1 = service1(&config, probe.clone());
-    let s2 = service2(&config);
-    let (h1, h2) = (s1.shutdown_handle(), s2.shutdown_handle());
-    let t1 = tokio::spawn(s1.run_until(futures::future::pending()));
-    let t2 = tokio::spawn(s2.run_until(futures::future::pending()));
+    let chain = Chain::start(&config, Probe::with_delay(0));
     let finished = read_events(&config, Finished::TOPIC, sagas.len()).await;
-    h1.shutdown();
-    h2.shutdown();
-    t1.await.unwrap().unwrap();
-    t2.await.unwrap().unwrap();
+    chain.stop().await;
     assert_eq!(finished.len(), sagas.len(), "every saga finished");
 
     let topic = config.topic(choreograph::saga_log::DEFAULT_TOPIC);
