@@ -6,7 +6,8 @@
 //! that names it. Every call is bounded by the configured connect timeout: an unreachable
 //! cluster is reported as such, not waited on forever.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,13 @@ pub struct Topics {
     admin: Arc<AdminClient<DefaultClientContext>>,
     config: KafkaConfig,
     known: Arc<Mutex<HashSet<String>>>,
+    /// One lock per topic being ensured: concurrent callers for a topic not known yet wait for
+    /// the first one's answer instead of asking the cluster each (a service's first burst of
+    /// records to a new output topic otherwise asked once per record, each metadata call on a
+    /// blocking thread of its own: dozens of threads, and their memory, for one topic).
+    ensuring: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Metadata requests made (tests).
+    metadata_requests: Arc<AtomicU64>,
 }
 
 impl Topics {
@@ -67,6 +75,8 @@ impl Topics {
             admin: Arc::new(admin),
             config: config.clone(),
             known: Arc::new(Mutex::new(HashSet::new())),
+            ensuring: Arc::new(Mutex::new(HashMap::new())),
+            metadata_requests: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -84,6 +94,7 @@ impl Topics {
         let timeout = self.config.connect_timeout;
         let name = topic.to_owned();
         let started = Instant::now();
+        self.metadata_requests.fetch_add(1, Ordering::Relaxed);
         let result = tokio::task::spawn_blocking(move || {
             admin
                 .inner()
@@ -157,6 +168,14 @@ impl Topics {
         if self.is_known(topic) {
             return Ok(());
         }
+        let lock = match self.ensuring.lock() {
+            Ok(mut m) => m.entry(topic.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let _ensuring = lock.lock().await;
+        if self.is_known(topic) {
+            return Ok(());
+        }
         match self.partition_count(topic).await? {
             Some(n) if n > 0 => {}
             Some(_) => self.wait_until_ready(topic).await?,
@@ -170,6 +189,9 @@ impl Topics {
         }
         if let Ok(mut k) = self.known.lock() {
             k.insert(topic.to_owned());
+        }
+        if let Ok(mut m) = self.ensuring.lock() {
+            m.remove(topic);
         }
         Ok(())
     }
@@ -255,5 +277,34 @@ impl Topics {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Kafka: run scripts/test.sh"]
+    async fn concurrent_ensures_of_a_new_topic_ask_the_cluster_once() {
+        let topics = Topics::new(&crate::testkit::config()).unwrap();
+        let topic = crate::testkit::unique_topic("ensure");
+        let calls = (0..200).map(|_| {
+            let (topics, topic) = (topics.clone(), topic.clone());
+            tokio::spawn(async move { topics.ensure(&[topic.as_str()]).await })
+        });
+        for result in futures::future::join_all(calls).await {
+            result.unwrap().unwrap();
+        }
+        assert!(topics.is_known(&topic));
+        assert_eq!(topics.partition_count(&topic).await.unwrap(), Some(6));
+        // One request to find the topic missing, then the creation's readiness polls (one when
+        // the new topic has its leader at once, more while it has not); the 199 other callers
+        // waited for that answer. Before, each of them asked on a blocking thread of its own.
+        let before_check = topics.metadata_requests.load(Ordering::Relaxed) - 1;
+        assert!(
+            (2..=20).contains(&before_check),
+            "{before_check} metadata requests for 200 concurrent ensures of one topic"
+        );
     }
 }
