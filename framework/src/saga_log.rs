@@ -88,6 +88,37 @@ pub struct Step {
     pub dead_letter_reason: Option<String>,
 }
 
+/// A [`Step`] that borrows its strings, serialized by the runtime for every record it handles
+/// (the same JSON as [`Step`], without copying the input's attributes first).
+#[derive(Serialize)]
+pub(crate) struct StepRef<'a> {
+    pub version: u32,
+    pub correlation_id: CorrelationId,
+    pub service: &'a str,
+    pub instance: &'a str,
+    pub input: StepInputRef<'a>,
+    pub outcome: StepOutcome,
+    pub attempts: u32,
+    pub emitted: &'a [Emitted],
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub error: Option<&'a str>,
+    pub dead_letter_reason: Option<&'a str>,
+}
+
+/// The input of a [`StepRef`].
+#[derive(Serialize)]
+pub(crate) struct StepInputRef<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub causation_id: Option<&'a str>,
+    pub time: DateTime<Utc>,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// The steps of one saga-log record: one step, or a batch (a JSON array of steps). Empty when
 /// the record is neither.
 pub fn decode_steps(payload: &[u8]) -> Vec<Step> {
@@ -159,6 +190,46 @@ mod tests {
         assert_eq!(decode_steps(&batch), vec![a, b]);
         assert!(decode_steps(b"not json").is_empty());
         assert!(decode_steps(b"[1, 2]").is_empty());
+    }
+
+    #[test]
+    fn a_borrowed_step_writes_the_json_of_a_step() {
+        let mut a = step(3);
+        a.input.causation_id = Some("cause".into());
+        a.emitted = vec![Emitted {
+            id: "e".into(),
+            event_type: "u.v1".into(),
+            topic: "u".into(),
+        }];
+        a.outcome = StepOutcome::DeadLettered;
+        a.error = Some("boom".into());
+        a.dead_letter_reason = Some("handler-failed".into());
+        let borrowed = StepRef {
+            version: a.version,
+            correlation_id: a.correlation_id,
+            service: &a.service,
+            instance: &a.instance,
+            input: StepInputRef {
+                id: &a.input.id,
+                event_type: &a.input.event_type,
+                source: &a.input.source,
+                causation_id: a.input.causation_id.as_deref(),
+                time: a.input.time,
+                topic: &a.input.topic,
+                partition: a.input.partition,
+                offset: a.input.offset,
+            },
+            outcome: a.outcome,
+            attempts: a.attempts,
+            emitted: &a.emitted,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            error: a.error.as_deref(),
+            dead_letter_reason: a.dead_letter_reason.as_deref(),
+        };
+        let json = serde_json::to_vec(&borrowed).unwrap();
+        assert_eq!(json, serde_json::to_vec(&a).unwrap());
+        assert_eq!(decode_steps(&json), vec![a]);
     }
 
     #[test]
