@@ -9,8 +9,8 @@
 //! was in flight when the partition was revoked) are ignored, so they are never committed.
 //!
 //! Exactly-once mode keeps a second book, [`TxnBook`]: what handling an input produced
-//! ([`OutRecord`]s) is held until a transaction writes it together with the input offsets. A
-//! transaction takes, per partition *number*, the finished prefix of the inputs in the order
+//! ([`OutRecord`]s) is held until the open transaction takes it, to commit it with the input
+//! offsets. A transaction takes, per partition *number*, the finished prefix of the inputs in the order
 //! they were dispatched, over all input topics. A saga's events share a partition number and
 //! are dispatched in order, so a transaction never holds a saga's later step without its earlier
 //! ones (the later one may have read saga state the earlier one wrote).

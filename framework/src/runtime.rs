@@ -32,9 +32,10 @@
 //!   drains (backpressure), so memory stays bounded.
 //! - Redelivered events the service handled before are acknowledged without running the handler
 //!   ([`crate::idempotency`]).
-//! - Exactly-once ([`Delivery::ExactlyOnce`]): instead of being written as they come, what
-//!   handling an input produces is collected and written, with the input offsets, in one
-//!   transaction per commit interval, on the consumer thread ([`crate::delivery::TxnBook`]).
+//! - Exactly-once ([`Delivery::ExactlyOnce`]): what handling an input produces is collected
+//!   until the input is committable (its partition's earlier inputs finished), then written into
+//!   the open transaction by the consumer thread; the transaction commits the inputs' offsets
+//!   every commit interval ([`crate::delivery::TxnBook`]).
 //! - On revoke, finished work is committed (after waiting briefly for in-flight work of the
 //!   revoked partitions); work that finishes later is not committed.
 //! - Records that cannot be handled go to the dead-letter topic ([`crate::dead_letter`]);
@@ -170,7 +171,9 @@ pub struct ServiceOptions {
     /// taking records, and a pause throws away what librdkafka prefetched for the partition.
     pub max_in_flight_per_partition: usize,
     /// Records in flight in the whole instance before it stops taking records until work drains
-    /// (default 1,000): bounds memory whatever the number of partitions.
+    /// (default 1,000): bounds memory whatever the number of partitions. Exactly-once, records
+    /// finished but not yet in a transaction count too, against twice this bound. Also the
+    /// consumer's `queued.min.messages` (librdkafka's prefetch per partition) unless set.
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight work (default 30 s).
     pub shutdown_timeout: Duration,
@@ -2049,6 +2052,9 @@ struct Transactions {
     timeout: Duration,
     /// A call on the current producer never returned: it is abandoned, not aborted.
     wedged: AtomicBool,
+    /// The transaction begun and not yet committed: the next input offsets of the work whose
+    /// records were written into it.
+    open: Option<HashMap<PartitionKey, i64>>,
 }
 
 /// Why a transaction did not commit.
@@ -2209,18 +2215,22 @@ impl Transactions {
         }
     }
 
-    /// Begin, write the batch's records, send its offsets, commit (blocking; each call on a
-    /// thread of its own, bounded by [`Self::call_limit`]).
-    fn run(
-        &self,
-        batch: &crate::delivery::TxnBatch,
-        consumer: &BaseConsumer<RuntimeContext>,
-    ) -> Result<(), TxnFailure> {
-        let (t, limit) = (self.timeout, self.call_limit());
-        guarded(&self.producer, "begin_transaction", limit, |p| {
-            p.begin_transaction()
-        })
-        .map_err(|e| self.classify(e))?;
+    /// Writes a batch of finished work into the open transaction, beginning one if none is
+    /// (blocking; each transaction call on a thread of its own, bounded by
+    /// [`Self::call_limit`]). The batch is the finished prefix of its partitions, so every record
+    /// in a transaction belongs to an input whose offset the same transaction commits.
+    fn write(&mut self, batch: crate::delivery::TxnBatch) -> Result<(), TxnFailure> {
+        if batch.offsets.is_empty() {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            let limit = self.call_limit();
+            guarded(&self.producer, "begin_transaction", limit, |p| {
+                p.begin_transaction()
+            })
+            .map_err(|e| self.classify(e))?;
+            self.open = Some(HashMap::new());
+        }
         for record in &batch.records {
             loop {
                 match self.producer.send(record.as_base()) {
@@ -2237,8 +2247,24 @@ impl Transactions {
                 }
             }
         }
+        if let Some(open) = &mut self.open {
+            open.extend(batch.offsets);
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction: its input offsets, then (once every record written into
+    /// it is acknowledged) the commit itself. Ok(None) when no transaction is open.
+    fn commit_open(
+        &mut self,
+        consumer: &BaseConsumer<RuntimeContext>,
+    ) -> Result<Option<HashMap<PartitionKey, i64>>, TxnFailure> {
+        let Some(offsets) = self.open.take() else {
+            return Ok(None);
+        };
+        let (t, limit) = (self.timeout, self.call_limit());
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &batch.offsets {
+        for ((t, p), o) in &offsets {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o))
                 .map_err(|e| TxnFailure::Abort(e.to_string()))?;
         }
@@ -2268,7 +2294,8 @@ impl Transactions {
                 p.commit_transaction(t)
             })
         })
-        .map_err(|e| self.classify(e))
+        .map_err(|e| self.classify(e))?;
+        Ok(Some(offsets))
     }
 }
 
@@ -2492,7 +2519,7 @@ impl RuntimeContext {
     /// transaction with the finished work's records and offsets (see [`Self::transact`]).
     fn commit(&self, consumer: &BaseConsumer<Self>) {
         if self.txn.is_some() {
-            self.transact(consumer);
+            self.transact(consumer, true);
             return;
         }
         self.store_pending(consumer);
@@ -2504,30 +2531,41 @@ impl RuntimeContext {
         }
     }
 
-    /// Exactly-once: one transaction with every finished input's records and offsets. When it
-    /// aborts, everything since the last commit is handled again ([`Self::rewind`]); when the
-    /// producer fails for good, the service is told to stop.
-    fn transact(&self, consumer: &BaseConsumer<Self>) {
+    /// Exactly-once: writes the finished work into the open transaction (see
+    /// [`Transactions::write`]) and, with `commit`, commits it. When a transaction aborts,
+    /// everything since the last commit is handled again ([`Self::rewind`]); when the producer
+    /// fails for good, the service is told to stop.
+    fn transact(&self, consumer: &BaseConsumer<Self>, commit: bool) {
         let Some(txn) = &self.txn else {
             return;
         };
         let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
-        txn.last_commit = Instant::now();
-        let batch = txn.book.take_committable();
-        if batch.offsets.is_empty() {
-            return;
+        if commit {
+            txn.last_commit = Instant::now();
         }
-        let failure = match txn.run(&batch, consumer) {
-            Ok(()) => {
-                txn.committed.extend(batch.offsets);
-                return;
+        let batch = txn.book.take_committable();
+        let records = batch.records.len();
+        let mut result = txn.write(batch);
+        if result.is_ok() && commit {
+            let started = Instant::now();
+            match txn.commit_open(consumer) {
+                Ok(Some(offsets)) => {
+                    tracing::debug!(service = %self.service, partitions = offsets.len(), took_ms = started.elapsed().as_secs_f64() * 1e3, "transaction committed");
+                    txn.committed.extend(offsets);
+                }
+                Ok(None) => {}
+                Err(f) => result = Err(f),
             }
+        }
+        let failure = match result {
+            Ok(()) => return,
             Err(f) => f,
         };
+        txn.open = None;
         let reason = match failure {
             TxnFailure::Fatal(reason) => reason,
             TxnFailure::Abort(reason) => {
-                tracing::warn!(service = %self.service, error = %reason, records = batch.records.len(), "transaction failed; aborting it and handling its inputs again");
+                tracing::warn!(service = %self.service, error = %reason, records, "transaction failed; aborting it and handling its inputs again");
                 match txn.abort_or_reset() {
                     Ok(()) => {
                         drop(txn);
@@ -2682,6 +2720,7 @@ impl ConsumerThread {
             interval: self.options.commit_interval,
             timeout,
             wedged: AtomicBool::new(false),
+            open: None,
         })
     }
 
@@ -2773,6 +2812,14 @@ impl ConsumerThread {
         let names: Vec<Arc<str>> = self.topics.iter().map(|t| Arc::from(t.as_str())).collect();
         let max = self.options.max_in_flight_per_partition.max(1);
         let max_total = self.options.max_in_flight.max(1);
+        // Exactly-once: inputs finished but not yet written into a transaction (an earlier
+        // input of their partition is still being handled) count against the bound too, which
+        // is twice the instance's there.
+        let bound = if self.exactly_once() {
+            2 * max_total
+        } else {
+            max_total
+        };
         let mut draining_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
         let mut seq = 0u64;
@@ -2782,13 +2829,13 @@ impl ConsumerThread {
             ctx.absorb_completions(None);
             ctx.store_pending(&consumer);
             if let Some(txn) = &ctx.txn {
+                // Finished work goes into the open transaction at once; it commits every
+                // commit interval.
                 let due = txn
                     .lock()
                     .map(|t| t.last_commit.elapsed() >= t.interval)
                     .unwrap_or(true);
-                if due {
-                    ctx.transact(&consumer);
-                }
+                ctx.transact(&consumer, due);
             }
             if let Some(reason) = ctx.fatal.lock().ok().and_then(|f| f.clone()) {
                 failed = Some(reason);
@@ -2826,12 +2873,18 @@ impl ConsumerThread {
             // Over the instance's bound: take no records until work drains (librdkafka's own
             // prefetch stays bounded by queued.max.messages.kbytes; nothing is purged and
             // fetched again, as a pause would).
-            let total = ctx
-                .book
-                .lock()
-                .map(|b| b.offsets.total_in_flight())
-                .unwrap_or(0);
-            if total >= max_total && draining_since.is_none() {
+            // Exactly-once, an input's records are held until it is committable: finished
+            // inputs behind an unfinished one of their partition number, in another topic (which
+            // the offset book does not see), count too.
+            let total = match &ctx.txn {
+                Some(txn) => txn.lock().map(|t| t.book.len()).unwrap_or(0),
+                None => ctx
+                    .book
+                    .lock()
+                    .map(|b| b.offsets.total_in_flight())
+                    .unwrap_or(0),
+            };
+            if total >= bound && draining_since.is_none() {
                 ctx.absorb_completions(Some(Duration::from_millis(5)));
                 continue;
             }
@@ -2841,7 +2894,7 @@ impl ConsumerThread {
             let room = if draining_since.is_some() {
                 TAKE_BATCH
             } else {
-                max_total.saturating_sub(total).min(TAKE_BATCH)
+                bound.saturating_sub(total).min(TAKE_BATCH)
             };
             let mut wait = Duration::from_millis(5);
             let mut taken = 0;

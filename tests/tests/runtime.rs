@@ -1296,3 +1296,104 @@ async fn batched_saga_log_steps_trace_like_single_ones() {
         );
     }
 }
+
+/// An event on a second input topic of the gated service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Other {
+    n: u32,
+}
+impl Event for Other {
+    const TYPE: &'static str = "test.chain.other.v1";
+    const TOPIC: &'static str = "chain.x";
+}
+
+/// Holds the handler of `Started { n: 0 }` until opened; counts handler starts.
+#[derive(Default)]
+struct Gate {
+    held: AtomicUsize,
+    others: AtomicUsize,
+    open: std::sync::atomic::AtomicBool,
+}
+
+async fn gated(
+    State(gate): State<Arc<Gate>>,
+    _ctx: Context,
+    e: Started,
+) -> Result<Middle, HandlerError> {
+    gate.held.fetch_add(1, Ordering::SeqCst);
+    while !gate.open.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Middle {
+        n: e.n,
+        pad: String::new(),
+    })
+}
+
+async fn other(
+    State(gate): State<Arc<Gate>>,
+    _ctx: Context,
+    e: Other,
+) -> Result<Middle, HandlerError> {
+    gate.others.fetch_add(1, Ordering::SeqCst);
+    Ok(Middle {
+        n: e.n,
+        pad: String::new(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn exactly_once_finished_work_waiting_for_its_transaction_counts_against_the_bound() {
+    common::capture_logs();
+    let mut config = testkit::isolated_config();
+    // One partition per topic: a held `Started` (topic chain.a) keeps every later input of
+    // partition number 0 (topic chain.x too) out of the transactions. Those finish, and wait
+    // in memory for it.
+    config.topics.partitions = 1;
+    let gate = Arc::new(Gate::default());
+    let service = Service::with_state("svc1", gate.clone())
+        .options(ServiceOptions {
+            delivery: choreograph::runtime::Delivery::ExactlyOnce,
+            instance_id: Some("svc1-bound".into()),
+            max_in_flight: 10,
+            ..fast_options()
+        })
+        .handle(gated)
+        .handle(other)
+        .build(&config)
+        .unwrap();
+    let h = service.shutdown_handle();
+    let t = tokio::spawn(service.run_until(futures::future::pending()));
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    publisher
+        .start_saga(&Started { n: 0, seq: 0 })
+        .await
+        .unwrap();
+    wait_for("the first input held", || {
+        gate.held.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for n in 1..=300 {
+        publisher.start_saga(&Other { n }).await.unwrap();
+    }
+    wait_for("the instance at its bound", || {
+        gate.others.load(Ordering::SeqCst) >= 19
+    })
+    .await;
+    // Room for more to be taken, if the bound let it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        gate.others.load(Ordering::SeqCst),
+        19,
+        "exactly-once with max_in_flight 10: 20 inputs held (the unfinished one, and 19 finished \
+         inputs of its partition number waiting for it) until it finishes"
+    );
+
+    gate.open.store(true, Ordering::SeqCst);
+    let outputs = read_events(&config, Middle::TOPIC, 301).await;
+    assert_eq!(outputs.len(), 301, "every input once");
+    h.shutdown();
+    t.await.unwrap().unwrap();
+    assert_eq!(read_all_events(&config, Middle::TOPIC).await.len(), 301);
+}
