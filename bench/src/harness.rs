@@ -451,9 +451,19 @@ fn measure_one(
                 (c.exe, argv)
             }
         };
-        services
-            .procs
-            .push(ServiceProcess::spawn(&name, program, &argv, log)?);
+        let heap_profile = match (&args.heap_profile_dir, c.implementation) {
+            (Some(dir), Implementation::Choreograph | Implementation::Raw) => {
+                Some(dir.join(format!("{stem}-{}.heaptrack.zst", role.name())))
+            }
+            _ => None,
+        };
+        services.procs.push(ServiceProcess::spawn(
+            &name,
+            program,
+            &argv,
+            log,
+            heap_profile.as_deref(),
+        )?);
     }
 
     let result = (|| -> anyhow::Result<Run> {

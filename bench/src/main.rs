@@ -106,10 +106,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_in_flight: Option<usize>,
     /// Record a CPU profile of every service process during each saturation batch with
-    /// `perf record` into this directory (<impl>-<workload>-r<rep>-<role>.perf.data). Profiling
+    /// `perf record` into this directory (<impl>-<mode>-<workload>-r<rep>-<role>.perf.data). Profiling
     /// perturbs the figures: do not quote a profiled run's numbers.
     #[arg(long)]
     pub profile_dir: Option<PathBuf>,
+    /// Record a heap profile of every Rust service process (choreograph and raw) with
+    /// heaptrack into this directory (<impl>-<mode>-<workload>-r<rep>-<role>.heaptrack.zst; read
+    /// it with `heaptrack_print -f FILE`). Every allocation is traced, which slows the services
+    /// several times: do not quote such a run's figures.
+    #[arg(long)]
+    pub heap_profile_dir: Option<PathBuf>,
     /// Keep the service processes' logs (stderr) after a successful run; they are always kept
     /// after a failed one. Service processes inherit RUST_LOG (default `warn`).
     #[arg(long)]

@@ -136,16 +136,40 @@ pub struct ServiceProcess {
     pub name: String,
     pub log: PathBuf,
     child: Child,
+    /// `--heap-profile-dir`: the heaptrack interpreter writing this process's profile.
+    heap_writer: Option<Child>,
+}
+
+/// heaptrack's preload library and interpreter (Debian's `heaptrack` package paths, and the
+/// usual install prefixes).
+fn heaptrack_parts() -> anyhow::Result<(PathBuf, PathBuf)> {
+    for dir in [
+        "/usr/lib/heaptrack",
+        "/usr/lib/x86_64-linux-gnu/heaptrack",
+        "/usr/lib64/heaptrack",
+        "/usr/local/lib/heaptrack",
+    ] {
+        let dir = Path::new(dir);
+        let preload = dir.join("libheaptrack_preload.so");
+        let interpret = dir.join("libexec/heaptrack_interpret");
+        if preload.exists() && interpret.exists() {
+            return Ok((preload, interpret));
+        }
+    }
+    bail!("--heap-profile-dir needs heaptrack (Debian: apt-get install heaptrack zstd); its libheaptrack_preload.so was not found")
 }
 
 impl ServiceProcess {
     /// Starts `program args...`, stdout discarded, stderr to `log`. The process is killed if
     /// the harness dies (PR_SET_PDEATHSIG), and stopped by [`stop_everything`] on Ctrl-C.
+    /// With `heap_profile`, the process runs under heaptrack's preload library; its trace goes
+    /// through a FIFO to `heaptrack_interpret` and `zstd` into that file.
     pub fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
         log: PathBuf,
+        heap_profile: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(program);
@@ -153,6 +177,38 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        let heap_writer = match heap_profile {
+            None => None,
+            Some(out) => {
+                let (preload, interpret) = heaptrack_parts()?;
+                if let Some(dir) = out.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let fifo = out.with_extension("fifo");
+                let _ = std::fs::remove_file(&fifo);
+                let made = Command::new("mkfifo")
+                    .arg(&fifo)
+                    .status()
+                    .context("running mkfifo")?;
+                if !made.success() {
+                    bail!("mkfifo {} failed", fifo.display());
+                }
+                let writer = Command::new("sh")
+                    .arg("-c")
+                    .arg(r#""$1" < "$2" | zstd -q -c > "$3"; rm -f "$2""#)
+                    .arg("heaptrack-writer")
+                    .arg(&interpret)
+                    .arg(&fifo)
+                    .arg(out)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("starting heaptrack_interpret (and zstd)")?;
+                cmd.env("LD_PRELOAD", &preload)
+                    .env("DUMP_HEAPTRACK_OUTPUT", &fifo);
+                Some(writer)
+            }
+        };
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -165,10 +221,14 @@ impl ServiceProcess {
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
         registry().children.push(child.id());
+        if let Some(w) = &heap_writer {
+            registry().children.push(w.id());
+        }
         Ok(Self {
             name: name.to_owned(),
             log,
             child,
+            heap_writer,
         })
     }
 
@@ -222,6 +282,19 @@ impl ServiceProcess {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
+        }
+        // The profile is complete when the interpreter has read the FIFO to its end (a process
+        // that died before opening it leaves the interpreter waiting: given up after 60 s).
+        if let Some(mut writer) = self.heap_writer.take() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(writer.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(writer.try_wait(), Ok(None)) {
+                let _ = writer.kill();
+                let _ = writer.wait();
+            }
+            registry().children.retain(|p| *p != writer.id());
         }
         self.forget();
     }
