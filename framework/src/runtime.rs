@@ -2813,8 +2813,8 @@ impl ConsumerThread {
         let max = self.options.max_in_flight_per_partition.max(1);
         let max_total = self.options.max_in_flight.max(1);
         // Exactly-once: inputs finished but not yet written into a transaction (an earlier
-        // input of their partition is still being handled) count against the bound too, which
-        // is twice the instance's there.
+        // input of their partition number is still being handled) count against the bound too,
+        // which is twice the instance's there.
         let bound = if self.exactly_once() {
             2 * max_total
         } else {
