@@ -248,7 +248,8 @@ struct TxnEntry {
     records: Option<Vec<OutRecord>>,
 }
 
-/// What one transaction writes: records in dispatch order, and the next input offsets.
+/// Committable work taken from the book: its records in dispatch order, and the next input
+/// offsets (written into the open transaction, which commits the offsets).
 #[derive(Debug, Default)]
 pub struct TxnBatch {
     pub records: Vec<OutRecord>,

@@ -1307,7 +1307,7 @@ impl Event for Other {
     const TOPIC: &'static str = "chain.x";
 }
 
-/// Holds the handler of `Started { n: 0 }` until opened; counts handler starts.
+/// Holds every `Started` handler until opened; counts the handlers started.
 #[derive(Default)]
 struct Gate {
     held: AtomicUsize,
