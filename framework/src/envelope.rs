@@ -195,13 +195,143 @@ pub struct RecordView<'a> {
 /// (cause, source, index): re-handling the same cause yields the same IDs, so a re-delivery
 /// re-emits identical events (the same `ce_id`) that consumers can recognise as duplicates.
 pub fn derived_event_id(cause_id: &str, source: &str, index: usize, millis: u64) -> String {
-    let name = format!("{cause_id}\n{source}\n{index}");
-    let hash = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());
+    use std::io::Write as _;
+    // `cause\nsource\nindex`, on the stack for the usual lengths.
+    let mut name = smallvec::SmallVec::<[u8; 192]>::new();
+    let _ = write!(name, "{cause_id}\n{source}\n{index}");
+    let hash = Uuid::new_v5(&Uuid::NAMESPACE_OID, &name);
     let mut rand = [0u8; 10];
     rand.copy_from_slice(&hash.as_bytes()[6..16]);
     uuid::Builder::from_unix_timestamp_millis(millis, &rand)
         .into_uuid()
         .to_string()
+}
+
+/// The attributes of an event that binary mode writes as headers, borrowed: the one definition of
+/// which headers an event gets, in which order ([`CloudEvent::encode`], and the runtime's
+/// follow-up events, which are written without building a [`CloudEvent`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeaderParts<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub time: DateTime<Utc>,
+    pub correlation_id: CorrelationId,
+    pub content_type: Option<&'a str>,
+    pub causation_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub data_schema: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    pub extensions: Option<&'a BTreeMap<String, String>>,
+}
+
+/// A header's name as [`HeaderParts::visit`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderName<'a> {
+    Known(&'static str),
+    /// An extension attribute's name, without the `ce_` prefix.
+    Extension(&'a str),
+}
+
+impl<'a> HeaderParts<'a> {
+    pub fn of(event: &'a CloudEvent) -> Self {
+        Self {
+            id: &event.id,
+            event_type: &event.event_type,
+            source: &event.source,
+            time: event.time,
+            correlation_id: event.correlation_id,
+            content_type: event.content_type.as_deref(),
+            causation_id: event.causation_id.as_deref(),
+            subject: event.subject.as_deref(),
+            data_schema: event.data_schema.as_deref(),
+            traceparent: event.traceparent.as_deref(),
+            tracestate: event.tracestate.as_deref(),
+            extensions: Some(&event.extensions),
+        }
+    }
+
+    /// Calls `f` with every header, in the order they are written. (The time and correlation
+    /// ID are formatted on the stack: nothing here allocates for an event without extensions.)
+    pub fn visit(&self, mut f: impl FnMut(HeaderName<'_>, &str)) {
+        use HeaderName::Known;
+        f(Known(headers::SPEC_VERSION), SPEC_VERSION);
+        f(Known(headers::ID), self.id);
+        f(Known(headers::TYPE), self.event_type);
+        f(Known(headers::SOURCE), self.source);
+        let mut time = [0u8; RFC3339_MICROS_LEN];
+        match rfc3339_micros(self.time, &mut time) {
+            Some(t) => f(Known(headers::TIME), t),
+            None => f(
+                Known(headers::TIME),
+                &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
+            ),
+        }
+        let mut correlation = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        f(
+            Known(headers::CORRELATION_ID),
+            self.correlation_id
+                .as_uuid()
+                .hyphenated()
+                .encode_lower(&mut correlation),
+        );
+        let optional = [
+            (headers::CONTENT_TYPE, self.content_type),
+            (headers::CAUSATION_ID, self.causation_id),
+            (headers::SUBJECT, self.subject),
+            (headers::DATA_SCHEMA, self.data_schema),
+            (headers::TRACEPARENT, self.traceparent),
+            (headers::TRACESTATE, self.tracestate),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                f(Known(name), v);
+            }
+        }
+        for (k, v) in self.extensions.into_iter().flatten() {
+            f(HeaderName::Extension(k), v);
+        }
+    }
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const RFC3339_MICROS_LEN: usize = 27;
+
+/// `time` as RFC 3339 in UTC with microseconds, written into `buf` — the same text as chrono's
+/// `to_rfc3339_opts(SecondsFormat::Micros, true)`, without allocating. `None` for what this
+/// short form does not cover (years outside 0–9999, leap seconds).
+fn rfc3339_micros(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
+    use chrono::{Datelike, Timelike};
+    let nanos = time.nanosecond();
+    if !(0..=9999).contains(&time.year()) || nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut put = |at: usize, digits: usize, mut n: u32| {
+        for i in (0..digits).rev() {
+            buf[at + i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, time.year() as u32);
+    put(5, 2, time.month());
+    put(8, 2, time.day());
+    put(11, 2, time.hour());
+    put(14, 2, time.minute());
+    put(17, 2, time.second());
+    put(20, 6, nanos / 1000);
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (26, b'Z'),
+    ] {
+        buf[at] = c;
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 /// The parts of a Kafka record that carry one event.
@@ -245,37 +375,14 @@ impl CloudEvent {
 
     /// Binary-mode encoding: key, value and headers.
     pub fn encode(&self) -> EncodedRecord {
-        let mut headers = vec![
-            (headers::SPEC_VERSION, SPEC_VERSION.to_owned()),
-            (headers::ID, self.id.clone()),
-            (headers::TYPE, self.event_type.clone()),
-            (headers::SOURCE, self.source.clone()),
-            (
-                headers::TIME,
-                self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
-            (headers::CORRELATION_ID, self.correlation_id.to_string()),
-        ];
-        if let Some(ct) = &self.content_type {
-            headers.push((headers::CONTENT_TYPE, ct.clone()));
-        }
-        let optional = [
-            (headers::CAUSATION_ID, &self.causation_id),
-            (headers::SUBJECT, &self.subject),
-            (headers::DATA_SCHEMA, &self.data_schema),
-            (headers::TRACEPARENT, &self.traceparent),
-            (headers::TRACESTATE, &self.tracestate),
-        ];
-        for (name, value) in optional {
-            if let Some(v) = value {
-                headers.push((name, v.clone()));
+        let mut headers = Vec::with_capacity(9);
+        let mut extension_headers = Vec::new();
+        HeaderParts::of(self).visit(|name, value| match name {
+            HeaderName::Known(name) => headers.push((name, value.to_owned())),
+            HeaderName::Extension(ext) => {
+                extension_headers.push((format!("{}{ext}", headers::PREFIX), value.to_owned()))
             }
-        }
-        let extension_headers = self
-            .extensions
-            .iter()
-            .map(|(k, v)| (format!("{}{k}", headers::PREFIX), v.clone()))
-            .collect();
+        });
         EncodedRecord {
             key: self.key(),
             value: self.data.clone(),
@@ -865,6 +972,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The stack-formatted time is chrono's RFC 3339 text, or declines.
+        #[test]
+        fn time_formatting_matches_chrono(
+            secs in -62_167_219_200i64..253_402_300_800i64 * 2,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            if let Some(t) = DateTime::from_timestamp(secs, nanos) {
+                let mut buf = [0u8; RFC3339_MICROS_LEN];
+                let chrono = t.to_rfc3339_opts(SecondsFormat::Micros, true);
+                match rfc3339_micros(t, &mut buf) {
+                    Some(ours) => prop_assert_eq!(ours, chrono.as_str()),
+                    None => prop_assert!(!(0..=9999).contains(&chrono::Datelike::year(&t)) || nanos >= 1_000_000_000),
+                }
+            }
+        }
 
         /// The decoder never panics, whatever the bytes and headers.
         #[test]

@@ -15,7 +15,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaConfig;
-use crate::envelope::{CloudEvent, CorrelationId};
+use crate::envelope::{
+    headers as envelope_headers, CloudEvent, CorrelationId, HeaderName, HeaderParts,
+};
 use crate::event::{to_cloud_event, DataError, Event};
 use crate::topics::{TopicError, Topics};
 use crate::trace_context::TraceParent;
@@ -175,24 +177,32 @@ impl Publisher {
     }
 }
 
-/// The headers of a binary-mode record.
+/// The key, value and headers of a binary-mode record.
 pub(crate) fn record_headers(event: &CloudEvent) -> (String, Vec<u8>, OwnedHeaders) {
-    let encoded = event.encode();
-    let mut headers =
-        OwnedHeaders::new_with_capacity(encoded.headers.len() + encoded.extension_headers.len());
-    for (k, v) in &encoded.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
+    (
+        event.key(),
+        event.data.clone(),
+        owned_headers(&HeaderParts::of(event)),
+    )
+}
+
+/// The binary-mode headers of an event, straight into librdkafka's header list.
+pub(crate) fn owned_headers(parts: &HeaderParts<'_>) -> OwnedHeaders {
+    let mut headers = Some(OwnedHeaders::new_with_capacity(12));
+    parts.visit(|name, value| {
+        let add = |hs: OwnedHeaders, key: &str| {
+            hs.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        };
+        let hs = headers.take().unwrap_or_default();
+        headers = Some(match name {
+            HeaderName::Known(key) => add(hs, key),
+            HeaderName::Extension(ext) => add(hs, &format!("{}{ext}", envelope_headers::PREFIX)),
         });
-    }
-    for (k, v) in &encoded.extension_headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    (encoded.key, encoded.value, headers)
+    });
+    headers.unwrap_or_default()
 }
 
 /// Sends one event and waits for its acknowledgement.

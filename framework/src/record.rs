@@ -1,19 +1,28 @@
 //! Glue between rdkafka messages and the envelope, and reading a topic to its end.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::{Offset, Timestamp, TopicPartitionList};
+use smallvec::SmallVec;
 
 use crate::config::KafkaConfig;
 
 use crate::envelope::{CloudEvent, ContentMode, DecodeError, RecordView};
 
+/// Headers a record usually has at most (CloudEvents binary mode writes up to 11): up to this
+/// many are kept without a heap allocation of their own.
+const INLINE_HEADERS: usize = 12;
+
+/// Header names and values (`None`: a null value), borrowed, kept inline up to [`INLINE_HEADERS`].
+type HeaderList<'a, N> = SmallVec<[(&'a N, Option<&'a [u8]>); INLINE_HEADERS]>;
+
 /// Decodes an rdkafka message (binary or structured mode) into a CloudEvent.
 pub fn decode_message<M: Message>(message: &M) -> Result<(CloudEvent, ContentMode), DecodeError> {
-    let headers: Vec<(&str, Option<&[u8]>)> = message
+    let headers: HeaderList<'_, str> = message
         .headers()
         .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
         .unwrap_or_default();
@@ -22,6 +31,218 @@ pub fn decode_message<M: Message>(message: &M) -> Result<(CloudEvent, ContentMod
         value: message.payload(),
         headers: &headers,
     })
+}
+
+/// A consumed record, copied out of librdkafka in one allocation: key, value and every header
+/// share one buffer. (rdkafka's `detach` makes about a dozen: the key, the value, the topic, and
+/// one per header in librdkafka's own header list.) The service runtime hands these to its
+/// workers; a dead letter gets an rdkafka copy ([`InputRecord::to_owned_message`]).
+pub(crate) struct InputRecord {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Timestamp,
+    data: InputData,
+}
+
+/// The bytes of an [`InputRecord`], where its key, value and headers lie in them; also its
+/// headers, as rdkafka's [`Headers`].
+pub(crate) struct InputData {
+    bytes: Vec<u8>,
+    key: Option<Span>,
+    payload: Option<Span>,
+    /// `None` when the record has no headers (as rdkafka reports it).
+    headers: Option<SmallVec<[HeaderSpan; INLINE_HEADERS]>>,
+}
+
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Clone, Copy)]
+struct HeaderSpan {
+    name: Span,
+    value: Option<Span>,
+}
+
+impl InputData {
+    fn slice(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start as usize..(span.start + span.len) as usize]
+    }
+}
+
+impl InputRecord {
+    /// Copies a consumed record; `topic` is its topic's name, shared.
+    ///
+    /// Header names that are not UTF-8 are kept with U+FFFD for the bad bytes (rdkafka's own
+    /// header accessors panic on them; Kafka allows any bytes).
+    pub(crate) fn copy_of(message: &BorrowedMessage<'_>, topic: Arc<str>) -> Self {
+        let raw_headers = raw_headers(message);
+        let key = message.key();
+        let payload = message.payload();
+        let size = key.map_or(0, <[u8]>::len)
+            + payload.map_or(0, <[u8]>::len)
+            + raw_headers
+                .iter()
+                .flatten()
+                .map(|(n, v)| n.len() + v.map_or(0, <[u8]>::len))
+                .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
+        let mut put = |b: &[u8]| {
+            let start = bytes.len() as u32;
+            bytes.extend_from_slice(b);
+            Span {
+                start,
+                len: b.len() as u32,
+            }
+        };
+        let key = key.map(&mut put);
+        let payload = payload.map(&mut put);
+        let headers = raw_headers.as_ref().map(|raw| {
+            raw.iter()
+                .map(|(name, value)| HeaderSpan {
+                    name: match String::from_utf8_lossy(name) {
+                        std::borrow::Cow::Borrowed(_) => put(name),
+                        std::borrow::Cow::Owned(fixed) => put(fixed.as_bytes()),
+                    },
+                    value: value.map(&mut put),
+                })
+                .collect()
+        });
+        Self {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp(),
+            data: InputData {
+                bytes,
+                key,
+                payload,
+                headers,
+            },
+        }
+    }
+
+    /// The topic's name, shared.
+    pub(crate) fn shared_topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The last value of a header (Kafka allows repeated headers; the last one wins).
+    pub(crate) fn last_header(&self, name: &str) -> Option<&[u8]> {
+        let hs = self.data.headers.as_ref()?;
+        hs.iter()
+            .rev()
+            .find(|h| self.data.slice(h.name) == name.as_bytes())
+            .and_then(|h| h.value.map(|v| self.data.slice(v)))
+    }
+
+    /// An rdkafka copy of the record (for a dead letter).
+    pub(crate) fn to_owned_message(&self) -> OwnedMessage {
+        let headers = self.headers().map(|hs| {
+            hs.iter()
+                .fold(OwnedHeaders::new_with_capacity(hs.count()), |out, h| {
+                    out.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    })
+                })
+        });
+        OwnedMessage::new(
+            self.payload().map(<[u8]>::to_vec),
+            self.key().map(<[u8]>::to_vec),
+            self.topic.to_string(),
+            self.timestamp,
+            self.partition,
+            self.offset,
+            headers,
+        )
+    }
+}
+
+/// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
+/// panic on a header name that is not UTF-8).
+fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<HeaderList<'m, [u8]>> {
+    use rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let mut list = std::ptr::null_mut();
+    // Parses the headers into a list the message owns (and frees).
+    let err = unsafe { rdkafka_sys::rd_kafka_message_headers(message.ptr(), &mut list) };
+    if err != RD_KAFKA_RESP_ERR_NO_ERROR || list.is_null() {
+        return None;
+    }
+    let mut out = SmallVec::new();
+    let count = unsafe { rdkafka_sys::rd_kafka_header_cnt(list) };
+    for idx in 0..count {
+        let mut name = std::ptr::null();
+        let mut value = std::ptr::null();
+        let mut size = 0;
+        let err = unsafe {
+            rdkafka_sys::rd_kafka_header_get_all(list, idx, &mut name, &mut value, &mut size)
+        };
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        // Both live as long as the message's header list, so as long as `message`.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) });
+        out.push((name, value));
+    }
+    Some(out)
+}
+
+impl Headers for InputData {
+    fn count(&self) -> usize {
+        self.headers.as_ref().map_or(0, |hs| hs.len())
+    }
+
+    fn try_get(&self, idx: usize) -> Option<Header<'_, &[u8]>> {
+        let h = self.headers.as_ref()?.get(idx)?;
+        Some(Header {
+            // Always UTF-8: made so when copied.
+            key: std::str::from_utf8(self.slice(h.name)).unwrap_or_default(),
+            value: h.value.map(|v| self.slice(v)),
+        })
+    }
+}
+
+impl Message for InputRecord {
+    type Headers = InputData;
+
+    fn key(&self) -> Option<&[u8]> {
+        self.data.key.map(|s| self.data.slice(s))
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        self.data.payload.map(|s| self.data.slice(s))
+    }
+
+    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
+        let s = self.data.payload?;
+        Some(&mut self.data.bytes[s.start as usize..(s.start + s.len) as usize])
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    fn headers(&self) -> Option<&InputData> {
+        self.data.headers.as_ref().map(|_| &self.data)
+    }
 }
 
 /// The last value of a header, as (lossy) UTF-8.

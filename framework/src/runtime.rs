@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -69,12 +69,12 @@ use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::delivery::{OffsetBook, PartitionKey};
 use crate::delivery::{OutRecord, TxnBook};
-use crate::envelope::{derived_event_id, headers, CloudEvent};
+use crate::envelope::{derived_event_id, headers, CloudEvent, HeaderParts};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
 use crate::idempotency::{HandledLog, Idempotency};
-use crate::publish::{producer_config, record_headers};
-use crate::record::decode_message;
+use crate::publish::producer_config;
+use crate::record::{decode_message, InputRecord};
 use crate::saga_log::{Emitted, StepInputRef, StepOutcome, StepRef};
 use crate::saga_state::{SagaSlot, SagaStore};
 use crate::topics::{TopicError, Topics};
@@ -659,7 +659,7 @@ const TAKE_BATCH: usize = 256;
 
 /// A record handed from the consumer thread to the async workers.
 struct Job {
-    message: OwnedMessage,
+    message: InputRecord,
     /// The message's topic, shared.
     topic: Arc<str>,
     epoch: u64,
@@ -982,7 +982,9 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
 
 /// Sagas with work queued or running: the jobs waiting behind the running one (boxed: a lane
 /// task's future holds its job, and small task allocations are cheap ones).
-type Lanes = Arc<Mutex<HashMap<Vec<u8>, VecDeque<Box<Job>>>>>;
+/// The busy lanes, by a 64-bit hash of their saga's key: two sagas whose keys collide share a
+/// lane (in order, one after the other), which costs concurrency, never ordering.
+type Lanes = Arc<Mutex<HashMap<u64, VecDeque<Box<Job>>>>>;
 
 /// Aborts a task when dropped (the runtime future dropped: its work is abandoned).
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -1031,17 +1033,20 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
     worker: &Arc<Worker<S>>,
     workers: &mut JoinSet<()>,
 ) {
-    let key = match job.message.key() {
-        Some(k) if !k.is_empty() => k.to_vec(),
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    match job.message.key() {
+        Some(k) if !k.is_empty() => k.hash(&mut hasher),
         // No key: no saga to order by; a lane of its own.
-        _ => format!(
-            "\0{}:{}:{}",
+        _ => (
+            "\0",
             job.message.topic(),
             job.message.partition(),
-            job.message.offset()
+            job.message.offset(),
         )
-        .into_bytes(),
-    };
+            .hash(&mut hasher),
+    }
+    let key = hasher.finish();
     let job = Box::new(job);
     {
         let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -1049,7 +1054,7 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
             queue.push_back(job);
             return;
         }
-        map.insert(key.clone(), VecDeque::new());
+        map.insert(key, VecDeque::new());
     }
     let lanes = lanes.clone();
     let worker = worker.clone();
@@ -1666,7 +1671,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// part of any future).
     fn step_record(
         &self,
-        message: &OwnedMessage,
+        message: &InputRecord,
         event: &CloudEvent,
         step: StepRecord,
         started_at: chrono::DateTime<chrono::Utc>,
@@ -1702,7 +1707,12 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .encode_lower(&mut key);
         let mut out = OutRecord::new(&self.saga_log_topic);
         out.key = Some(key.to_vec());
-        out.payload = Some(serde_json::to_vec(&record).unwrap_or_default());
+        // A step is about 600 bytes: one allocation, not a doubling series.
+        let mut payload = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut payload, &record).is_err() {
+            payload.clear();
+        }
+        out.payload = Some(payload);
         out
     }
 
@@ -1710,7 +1720,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn write_step(
         &self,
         sink: &Sink,
-        message: &OwnedMessage,
+        message: &InputRecord,
         event: &CloudEvent,
         step: StepRecord,
         started_at: chrono::DateTime<chrono::Utc>,
@@ -1751,7 +1761,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn handle(
         &self,
         sink: &Sink,
-        message: &OwnedMessage,
+        message: &InputRecord,
         event: &Arc<CloudEvent>,
         slot: Option<Arc<SagaSlot>>,
         started_at: chrono::DateTime<chrono::Utc>,
@@ -1775,7 +1785,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             let ctx = Context {
                 service: self.service.clone(),
                 event: event.clone(),
-                topic: message.topic().into(),
+                topic: message.shared_topic().clone(),
                 partition: message.partition(),
                 offset: message.offset(),
                 attempt,
@@ -1891,24 +1901,18 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 secs * 1000 + u64::from(nanos / 1_000_000)
             })
             .unwrap_or_else(|| input.time.timestamp_millis().max(0) as u64);
-        let events: Vec<(String, CloudEvent)> = outgoing
+        // Each follow-up event: its derived ID and its topic (both kept for the saga-log step).
+        let events: Vec<(String, String)> = outgoing
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let mut ce = CloudEvent::new(
-                    &*self.source,
-                    o.event_type,
-                    input.correlation_id,
-                    o.data.clone(),
-                );
-                ce.causation_id = Some(input.id.clone());
-                ce.id = derived_event_id(&input.id, &self.source, i, cause_millis);
-                ce.traceparent = trace.map(|t| t.child().to_string());
-                ce.tracestate = trace.and(input.tracestate.clone());
-                (format!("{}{}", self.topic_prefix, o.topic), ce)
+                (
+                    derived_event_id(&input.id, &self.source, i, cause_millis),
+                    format!("{}{}", self.topic_prefix, o.topic),
+                )
             })
             .collect();
-        let sends = events.iter().map(|(topic, ce)| async move {
+        let sends = outgoing.iter().zip(&events).map(|(o, (id, topic))| async move {
             let mut failures = 0u32;
             // The topic first (created when missing), retried while the cluster is away.
             // (Boxed, and only when the topic is not known yet: every record's future stays small.)
@@ -1918,17 +1922,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 };
                 failures += 1;
                 let backoff = Duration::from_millis(100 * u64::from(failures.min(50)));
-                tracing::warn!(%topic, event_type = %ce.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
+                tracing::warn!(%topic, event_type = %o.event_type, error = %e, attempt = failures, "publishing a follow-up event failed; retrying (the input stays uncommitted)");
                 pause(backoff).await;
             }
-            let (key, value, headers) = record_headers(ce);
-            let mut record = OutRecord::new(topic.as_str());
-            record.key = Some(key.into_bytes());
-            record.payload = Some(value);
-            record.headers = Some(headers);
+            let record = self.follow_up_record(input, trace, o, id, topic);
             self.write(sink, record, "follow-up event")
                 .await
-                .map_err(|e| format!("`{}` to `{topic}`: {e}", ce.event_type))
+                .map_err(|e| format!("`{}` to `{topic}`: {e}", o.event_type))
         });
         let refused: Vec<String> = futures::future::join_all(sends)
             .await
@@ -1948,14 +1948,54 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         if !events.is_empty() {
             tracing::debug!(emitted = events.len(), "emitted follow-up events");
         }
-        Ok(events
-            .into_iter()
-            .map(|(topic, ce)| Emitted {
-                id: ce.id,
-                event_type: ce.event_type,
+        Ok(outgoing
+            .iter()
+            .zip(events)
+            .map(|(o, (id, topic))| Emitted {
+                id,
+                event_type: o.event_type.to_owned(),
                 topic,
             })
             .collect())
+    }
+
+    /// The record of a follow-up event of `input`, in binary mode, written straight from its
+    /// parts (the same headers as [`CloudEvent::encode`]; no event is built).
+    fn follow_up_record(
+        &self,
+        input: &CloudEvent,
+        trace: Option<TraceParent>,
+        outgoing: &Outgoing,
+        id: &str,
+        topic: &str,
+    ) -> OutRecord {
+        let mut traceparent = [0; crate::trace_context::TRACEPARENT_LEN];
+        let traceparent = trace.map(|t| t.child().write_into(&mut traceparent) as &str);
+        let headers = crate::publish::owned_headers(&HeaderParts {
+            id,
+            event_type: outgoing.event_type,
+            source: &self.source,
+            time: chrono::Utc::now(),
+            correlation_id: input.correlation_id,
+            content_type: Some(crate::envelope::JSON_CONTENT_TYPE),
+            causation_id: Some(&input.id),
+            subject: None,
+            data_schema: None,
+            traceparent,
+            tracestate: trace.and(input.tracestate.as_deref()),
+            extensions: None,
+        });
+        let mut key = vec![0; uuid::fmt::Hyphenated::LENGTH];
+        input
+            .correlation_id
+            .as_uuid()
+            .hyphenated()
+            .encode_lower(&mut key);
+        let mut record = OutRecord::new(topic);
+        record.key = Some(key);
+        record.payload = Some(outgoing.data.clone());
+        record.headers = Some(headers);
+        record
     }
 
     /// Writes a saga's new state to the changelog (same partition number as the input) and,
@@ -1981,7 +2021,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn dead_letter(
         &self,
         sink: &Sink,
-        message: &OwnedMessage,
+        message: &InputRecord,
         reason: DeadLetterReason,
         error: String,
         attempts: u32,
@@ -1997,8 +2037,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             dead_letter_topic = %dlq_topic,
             "record dead-lettered"
         );
+        let original = message.to_owned_message();
         let mut letter = DeadLetter {
-            record: message,
+            record: &original,
             reason,
             error,
             service: &self.service,
@@ -2945,10 +2986,9 @@ impl ConsumerThread {
                     .find(|n| ***n == *message.topic())
                     .cloned()
                     .unwrap_or_else(|| Arc::from(message.topic()));
+                let message = InputRecord::copy_of(&message, topic.clone());
                 let unhandled = message
-                    .headers()
-                    .and_then(|hs| hs.iter().filter(|h| h.key == headers::TYPE).last())
-                    .and_then(|h| h.value)
+                    .last_header(headers::TYPE)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(|t| !self.handled.contains(t))
                     .unwrap_or(false);
@@ -2992,7 +3032,7 @@ impl ConsumerThread {
                 }
                 drop(book);
                 let job = Job {
-                    message: message.detach(),
+                    message,
                     topic,
                     epoch,
                     seq,

@@ -49,13 +49,27 @@ fn new_span_id() -> u64 {
     }
 }
 
-impl fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
+/// Length of a version-00 `traceparent`.
+pub(crate) const TRACEPARENT_LEN: usize = 55;
+
+impl TraceParent {
+    /// The `traceparent` text, written into `buf` (no allocation).
+    pub(crate) fn write_into<'b>(&self, buf: &'b mut [u8; TRACEPARENT_LEN]) -> &'b str {
+        use std::io::Write as _;
+        let mut out = &mut buf[..];
+        // 55 bytes exactly: cannot fail.
+        let _ = write!(
+            out,
             "00-{:032x}-{:016x}-{:02x}",
             self.trace_id, self.span_id, self.sampled as u8
-        )
+        );
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.write_into(&mut [0; TRACEPARENT_LEN]))
     }
 }
 
@@ -63,7 +77,7 @@ impl FromStr for TraceParent {
     type Err = InvalidTraceParent;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || InvalidTraceParent(s.to_owned());
-        let parts: Vec<&str> = s.trim().split('-').collect();
+        let parts: smallvec::SmallVec<[&str; 4]> = s.trim().split('-').collect();
         if parts.len() < 4 || parts[0].len() != 2 || parts[0] == "ff" {
             return Err(err());
         }

@@ -16,7 +16,7 @@ use choreograph::runtime::{RetryPolicy, Service, ServiceOptions, ShutdownHandle}
 use choreograph::{
     testkit, Context, CorrelationId, Event, HandlerError, KafkaConfig, Publisher, State,
 };
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
@@ -573,6 +573,40 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
     send(good(1).data.clone(), full(&good(1))).await;
     let garbage = send(vec![0xde, 0xad, 0xbe, 0xef], vec![]).await;
     expected_dlq.push((garbage.offset, "invalid-envelope", "ce_specversion"));
+    // A header name that is not UTF-8 (Kafka allows any bytes; rdkafka's header accessors
+    // panic on it): dead-lettered like any record that is not a CloudEvent.
+    let bad_name = {
+        let hs = OwnedHeaders::new();
+        // rdkafka's API only takes `&str` names: add this one through librdkafka. (A
+        // `&BorrowedHeaders` is librdkafka's header list pointer.)
+        let native = hs.as_borrowed() as *const rdkafka::message::BorrowedHeaders
+            as *mut rdkafka_sys::rd_kafka_headers_t;
+        let (name, value) = (b"x-\xff\xfe-name", b"value");
+        let err = unsafe {
+            rdkafka_sys::rd_kafka_header_add(
+                native,
+                name.as_ptr().cast(),
+                name.len() as isize,
+                value.as_ptr().cast(),
+                value.len() as isize,
+            )
+        };
+        assert_eq!(
+            err,
+            rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&b"bad header name"[..])
+                    .headers(hs),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+    };
+    expected_dlq.push((bad_name.offset, "invalid-envelope", "ce_specversion"));
     let missing = send(
         good(2).data.clone(),
         vec![
@@ -652,7 +686,7 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
         );
     }
     assert_eq!(
-        header(&dead[4], dlq::ATTEMPTS).as_deref(),
+        header(&dead[5], dlq::ATTEMPTS).as_deref(),
         Some("3"),
         "retried up to max_attempts"
     );
@@ -662,6 +696,14 @@ async fn bad_records_are_dead_lettered_and_the_partition_keeps_moving() {
         "never reached a handler"
     );
     assert_eq!(dead[0].payload(), Some(&[0xde, 0xad, 0xbe, 0xef][..]));
+    let names: Vec<&str> = dead[1]
+        .headers()
+        .map(|hs| hs.iter().map(|h| h.key).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"x-\u{fffd}\u{fffd}-name"),
+        "the bad name is kept, its bad bytes replaced: {names:?}"
+    );
     let huge = dead.last().unwrap();
     assert_eq!(header(huge, dlq::VALUE_DROPPED).as_deref(), Some("true"));
     assert_eq!(huge.payload(), None);
