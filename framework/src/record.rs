@@ -162,6 +162,13 @@ impl InputRecord {
     }
 }
 
+/// An owned copy of a consumed record, safe to read: rdkafka's `detach` keeps header names
+/// that are not UTF-8, on which rdkafka's header accessors panic; here their bad bytes become
+/// U+FFFD. (For the readers of the CLI and tools; the runtime keeps [`InputRecord`]s.)
+pub(crate) fn copy_consumed(message: &BorrowedMessage<'_>) -> OwnedMessage {
+    InputRecord::copy_of(message, Arc::from(message.topic())).to_owned_message()
+}
+
 /// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
 /// panic on a header name that is not UTF-8).
 fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<HeaderList<'m, [u8]>> {
@@ -316,7 +323,7 @@ pub fn read_to_end(
                         ends.remove(&m.partition());
                     }
                 }
-                out.push(m.detach());
+                out.push(copy_consumed(&m));
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 ends.remove(&p);

@@ -94,7 +94,7 @@ pub fn read_topic(
     let mut out = Vec::new();
     while out.len() < count && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
+            out.push(crate::record::copy_consumed(&m));
         }
     }
     out.sort_by_key(|m| (m.partition(), m.offset()));

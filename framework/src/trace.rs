@@ -542,7 +542,7 @@ impl Tracer {
                                 offset: m.offset(),
                                 timestamp: m.timestamp().to_millis(),
                                 key: m.key().map(<[u8]>::to_vec),
-                                message: m.detach(),
+                                message: crate::record::copy_consumed(&m),
                             };
                             if on_record(&read) {
                                 // Done with it; records still in flight are skipped above.

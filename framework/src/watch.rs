@@ -79,7 +79,7 @@ impl SagaWatch {
                 if !read.insert((m.topic().to_owned(), m.partition(), m.offset())) {
                     continue;
                 }
-                let Ok((event, _)) = decode_message(&m) else {
+                let Ok((event, _)) = decode_message(&crate::record::copy_consumed(&m)) else {
                     continue;
                 };
                 let mut sagas = sink.lock().unwrap_or_else(|e| e.into_inner());
