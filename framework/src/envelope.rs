@@ -297,16 +297,38 @@ impl<'a> HeaderParts<'a> {
 
 /// Length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 const RFC3339_MICROS_LEN: usize = 27;
+/// Length of `YYYY-MM-DDTHH:MM:SS.fffffffffZ`.
+const RFC3339_NANOS_LEN: usize = 30;
 
 /// `time` as RFC 3339 in UTC with microseconds, written into `buf` — the same text as chrono's
 /// `to_rfc3339_opts(SecondsFormat::Micros, true)`, without allocating. `None` for what this
 /// short form does not cover (years outside 0–9999, leap seconds).
 fn rfc3339_micros(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
+    let mut full = [0u8; RFC3339_NANOS_LEN];
+    let len = write_rfc3339(time, Some(6), &mut full)?;
+    buf.copy_from_slice(&full[..len]);
+    std::str::from_utf8(buf).ok()
+}
+
+/// Writes `time` as RFC 3339 in UTC (`Z`) with `digits` fraction digits (`None`: chrono's
+/// `AutoSi`, the shortest of 0, 3, 6 or 9 that is exact); returns the length written. `None`
+/// for years outside 0–9999 and leap seconds (callers fall back to chrono).
+fn write_rfc3339(
+    time: DateTime<Utc>,
+    digits: Option<usize>,
+    buf: &mut [u8; RFC3339_NANOS_LEN],
+) -> Option<usize> {
     use chrono::{Datelike, Timelike};
     let nanos = time.nanosecond();
     if !(0..=9999).contains(&time.year()) || nanos >= 1_000_000_000 {
         return None;
     }
+    let digits = digits.unwrap_or(match nanos {
+        0 => 0,
+        n if n % 1_000_000 == 0 => 3,
+        n if n % 1_000 == 0 => 6,
+        _ => 9,
+    });
     let mut put = |at: usize, digits: usize, mut n: u32| {
         for i in (0..digits).rev() {
             buf[at + i] = b'0' + (n % 10) as u8;
@@ -319,19 +341,36 @@ fn rfc3339_micros(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Op
     put(11, 2, time.hour());
     put(14, 2, time.minute());
     put(17, 2, time.second());
-    put(20, 6, nanos / 1000);
+    let mut end = 19;
+    if digits > 0 {
+        put(20, digits, nanos / 10u32.pow(9 - digits as u32));
+        buf[19] = b'.';
+        end = 20 + digits;
+    }
     for (at, c) in [
         (4, b'-'),
         (7, b'-'),
         (10, b'T'),
         (13, b':'),
         (16, b':'),
-        (19, b'.'),
-        (26, b'Z'),
+        (end, b'Z'),
     ] {
         buf[at] = c;
     }
-    std::str::from_utf8(buf).ok()
+    Some(end + 1)
+}
+
+/// Serializes a time exactly as chrono's serde support does (RFC 3339, `Z`, `AutoSi`
+/// fraction), without going through `Display` (for the saga-log steps written per record).
+pub(crate) fn serialize_time<S: serde::Serializer>(
+    time: &DateTime<Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; RFC3339_NANOS_LEN];
+    match write_rfc3339(*time, None, &mut buf) {
+        Some(len) => serializer.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default()),
+        None => serde::Serialize::serialize(time, serializer),
+    }
 }
 
 /// The parts of a Kafka record that carry one event.
@@ -972,6 +1011,19 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The stack-serialized time is chrono's serde text.
+        #[test]
+        fn time_serialization_matches_chrono(
+            secs in -62_167_219_200i64..253_402_300_800i64 * 2,
+            nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|m| m * 1_000_000), (0u32..1_000_000).prop_map(|u| u * 1000), 0u32..2_000_000_000],
+        ) {
+            if let Some(t) = DateTime::from_timestamp(secs, nanos) {
+                let mut ours = serde_json::Serializer::new(Vec::new());
+                serialize_time(&t, &mut ours).unwrap();
+                prop_assert_eq!(ours.into_inner(), serde_json::to_vec(&t).unwrap());
+            }
+        }
 
         /// The stack-formatted time is chrono's RFC 3339 text, or declines.
         #[test]

@@ -100,7 +100,9 @@ pub(crate) struct StepRef<'a> {
     pub outcome: StepOutcome,
     pub attempts: u32,
     pub emitted: &'a [Emitted],
+    #[serde(serialize_with = "crate::envelope::serialize_time")]
     pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::envelope::serialize_time")]
     pub finished_at: DateTime<Utc>,
     pub error: Option<&'a str>,
     pub dead_letter_reason: Option<&'a str>,
@@ -113,6 +115,7 @@ pub(crate) struct StepInputRef<'a> {
     pub event_type: &'a str,
     pub source: &'a str,
     pub causation_id: Option<&'a str>,
+    #[serde(serialize_with = "crate::envelope::serialize_time")]
     pub time: DateTime<Utc>,
     pub topic: &'a str,
     pub partition: i32,
