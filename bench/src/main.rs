@@ -193,6 +193,9 @@ fn validate(a: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn serve(s: ServiceArgs) -> anyhow::Result<()> {
+    // The framework's allocator setting (what `service_main` does), for every Rust service
+    // process alike: raw runs with the same malloc as the framework.
+    choreograph::runtime::limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

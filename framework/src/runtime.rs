@@ -575,9 +575,34 @@ pub fn init_logging(default_level: &str) {
         .init();
 }
 
+/// How many malloc arenas [`limit_malloc_arenas`] leaves glibc, unless `MALLOC_ARENA_MAX` is set.
+pub const DEFAULT_MALLOC_ARENAS: i32 = 1;
+
+/// Caps glibc's malloc arenas at [`DEFAULT_MALLOC_ARENAS`], unless the environment says how many
+/// (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`: glibc reads those
+/// itself). Does nothing on other targets.
+///
+/// glibc gives threads arenas of their own (up to eight per core), and an arena keeps the memory
+/// freed in it for its own threads: a service whose threads (the consumer thread, the async
+/// workers, librdkafka's) allocate in bursts ends up holding every arena's high-water mark at
+/// once — two to three times its live heap under a backlog. One arena holds the heap's own
+/// high-water mark (the benchmark's figures: `bench/README.md`). Call it first thing in `main`,
+/// before any thread starts; [`service_main`] does.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && !std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"))
+    {
+        // Only a tuning: nothing to do if glibc refuses it.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, DEFAULT_MALLOC_ARENAS);
+        }
+    }
+}
+
 /// The `main` of a service binary.
 ///
-/// Logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
+/// Caps malloc's arenas ([`limit_malloc_arenas`]), logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
 /// the environment ([`KafkaConfig::from_env`]), builds the service with `build`, applies the
 /// deployment settings of the environment ([`ServiceOptions::apply_env`]), and runs it
 /// until SIGINT/SIGTERM. Exit status: 0 after a clean shutdown, 1 when the service failed while
@@ -588,6 +613,7 @@ where
     F: FnOnce(&KafkaConfig) -> Result<Service<S>, Box<dyn std::error::Error>>,
 {
     use std::process::ExitCode;
+    limit_malloc_arenas();
     init_logging("info");
     let config = match KafkaConfig::from_env() {
         Ok(c) => c,
@@ -1707,8 +1733,25 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .encode_lower(&mut key);
         let mut out = OutRecord::new(&self.saga_log_topic);
         out.key = Some(key.to_vec());
-        // A step is about 600 bytes: one allocation, not a doubling series.
-        let mut payload = Vec::with_capacity(1024);
+        // One allocation of about the step's size (it may wait for its transaction a while):
+        // the names and punctuation take about 360 bytes, 48 more per emitted event.
+        let strings = [
+            &*self.service,
+            &*self.instance,
+            &event.id,
+            &event.event_type,
+            &event.source,
+            event.causation_id.as_deref().unwrap_or_default(),
+            message.topic(),
+            step.error.as_deref().unwrap_or_default(),
+        ];
+        let emitted: usize = step
+            .emitted
+            .iter()
+            .map(|e| 48 + e.id.len() + e.event_type.len() + e.topic.len())
+            .sum();
+        let mut payload =
+            Vec::with_capacity(360 + strings.iter().map(|s| s.len()).sum::<usize>() + emitted);
         if serde_json::to_writer(&mut payload, &record).is_err() {
             payload.clear();
         }
@@ -2283,11 +2326,16 @@ impl Transactions {
             .map_err(|e| self.classify(e))?;
             self.open = Some(HashMap::new());
         }
-        for record in &batch.records {
+        for mut record in batch.records {
+            // The headers move into the send (librdkafka takes them over), not copied.
+            let headers = record.headers.take();
+            let mut base = record.as_base();
+            base.headers = headers;
             loop {
-                match self.producer.send(record.as_base()) {
+                match self.producer.send(base) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        base = back;
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err((e, _)) => {
