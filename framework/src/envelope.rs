@@ -260,9 +260,12 @@ impl<'a> HeaderParts<'a> {
         f(Known(headers::ID), self.id);
         f(Known(headers::TYPE), self.event_type);
         f(Known(headers::SOURCE), self.source);
-        let mut time = [0u8; RFC3339_MICROS_LEN];
-        match rfc3339_micros(self.time, &mut time) {
-            Some(t) => f(Known(headers::TIME), t),
+        let mut time = [0u8; RFC3339_NANOS_LEN];
+        match write_rfc3339(self.time, Some(6), &mut time) {
+            Some(len) => f(
+                Known(headers::TIME),
+                std::str::from_utf8(&time[..len]).unwrap_or_default(),
+            ),
             None => f(
                 Known(headers::TIME),
                 &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -295,20 +298,8 @@ impl<'a> HeaderParts<'a> {
     }
 }
 
-/// Length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-const RFC3339_MICROS_LEN: usize = 27;
 /// Length of `YYYY-MM-DDTHH:MM:SS.fffffffffZ`.
 const RFC3339_NANOS_LEN: usize = 30;
-
-/// `time` as RFC 3339 in UTC with microseconds, written into `buf` — the same text as chrono's
-/// `to_rfc3339_opts(SecondsFormat::Micros, true)`, without allocating. `None` for what this
-/// short form does not cover (years outside 0–9999, leap seconds).
-fn rfc3339_micros(time: DateTime<Utc>, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
-    let mut full = [0u8; RFC3339_NANOS_LEN];
-    let len = write_rfc3339(time, Some(6), &mut full)?;
-    buf.copy_from_slice(&full[..len]);
-    std::str::from_utf8(buf).ok()
-}
 
 /// Writes `time` as RFC 3339 in UTC (`Z`) with `digits` fraction digits (`None`: chrono's
 /// `AutoSi`, the shortest of 0, 3, 6 or 9 that is exact); returns the length written. `None`
@@ -1032,10 +1023,10 @@ mod tests {
             nanos in 0u32..2_000_000_000,
         ) {
             if let Some(t) = DateTime::from_timestamp(secs, nanos) {
-                let mut buf = [0u8; RFC3339_MICROS_LEN];
+                let mut buf = [0u8; RFC3339_NANOS_LEN];
                 let chrono = t.to_rfc3339_opts(SecondsFormat::Micros, true);
-                match rfc3339_micros(t, &mut buf) {
-                    Some(ours) => prop_assert_eq!(ours, chrono.as_str()),
+                match write_rfc3339(t, Some(6), &mut buf) {
+                    Some(len) => prop_assert_eq!(&buf[..len], chrono.as_bytes()),
                     None => prop_assert!(!(0..=9999).contains(&chrono::Datelike::year(&t)) || nanos >= 1_000_000_000),
                 }
             }

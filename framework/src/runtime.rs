@@ -602,7 +602,8 @@ pub fn limit_malloc_arenas() {
 
 /// The `main` of a service binary.
 ///
-/// Caps malloc's arenas ([`limit_malloc_arenas`]), logs to stderr (filter from `RUST_LOG`, default `info`), reads the Kafka configuration from
+/// Caps malloc's arenas ([`limit_malloc_arenas`]), logs to stderr (filter from `RUST_LOG`,
+/// default `info`), reads the Kafka configuration from
 /// the environment ([`KafkaConfig::from_env`]), builds the service with `build`, applies the
 /// deployment settings of the environment ([`ServiceOptions::apply_env`]), and runs it
 /// until SIGINT/SIGTERM. Exit status: 0 after a clean shutdown, 1 when the service failed while
@@ -686,8 +687,6 @@ const TAKE_BATCH: usize = 256;
 /// A record handed from the consumer thread to the async workers.
 struct Job {
     message: InputRecord,
-    /// The message's topic, shared.
-    topic: Arc<str>,
     epoch: u64,
     /// Dispatch order (exactly-once bookkeeping).
     seq: u64,
@@ -1451,7 +1450,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 
     fn completion(&self, job: &Job, records: Vec<OutRecord>) -> Completion {
         Completion {
-            topic: job.topic.clone(),
+            topic: job.message.shared_topic().clone(),
             partition: job.message.partition(),
             offset: job.message.offset(),
             epoch: job.epoch,
@@ -3081,7 +3080,6 @@ impl ConsumerThread {
                 drop(book);
                 let job = Job {
                     message,
-                    topic,
                     epoch,
                     seq,
                     state_generation: ctx
