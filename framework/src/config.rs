@@ -220,6 +220,14 @@ impl KafkaConfig {
         &self.properties
     }
 
+    /// The producers' `message.max.bytes` (librdkafka's default, 1,000,000, unless set).
+    pub fn max_message_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+
     /// A client configuration with the bootstrap servers and every pass-through property.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();

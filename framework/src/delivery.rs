@@ -239,31 +239,41 @@ impl OffsetBook {
 /// One dispatched input, in exactly-once mode: where it came from and, once finished, what it
 /// produced.
 #[derive(Debug)]
-struct TxnEntry {
+struct TxnEntry<W> {
     seq: u64,
     topic: String,
     partition: i32,
     offset: i64,
     epoch: u64,
-    records: Option<Vec<OutRecord>>,
+    work: Option<W>,
 }
 
-/// Committable work taken from the book: its records in dispatch order, and the next input
-/// offsets (written into the open transaction, which commits the offsets).
-#[derive(Debug, Default)]
-pub struct TxnBatch {
-    pub records: Vec<OutRecord>,
+/// Committable work taken from the book: what each input produced, in dispatch order per
+/// partition number, and the next input offsets (written into the open transaction, which
+/// commits the offsets).
+#[derive(Debug)]
+pub struct TxnBatch<W> {
+    pub work: Vec<W>,
     pub offsets: HashMap<PartitionKey, i64>,
 }
 
 /// Exactly-once bookkeeping: dispatched inputs per partition number, in dispatch order, with
-/// what their handling produced, until a transaction takes them.
-#[derive(Debug, Default)]
-pub struct TxnBook {
-    groups: HashMap<i32, VecDeque<TxnEntry>>,
+/// what their handling produced (`W`: the records to write, ...), until a transaction takes
+/// them.
+#[derive(Debug)]
+pub struct TxnBook<W> {
+    groups: HashMap<i32, VecDeque<TxnEntry<W>>>,
 }
 
-impl TxnBook {
+impl<W> Default for TxnBook<W> {
+    fn default() -> Self {
+        Self {
+            groups: HashMap::new(),
+        }
+    }
+}
+
+impl<W> TxnBook<W> {
     /// An input was dispatched (`seq` grows with every dispatch).
     pub fn start(&mut self, seq: u64, topic: &str, partition: i32, offset: i64, epoch: u64) {
         self.groups
@@ -275,29 +285,32 @@ impl TxnBook {
                 partition,
                 offset,
                 epoch,
-                records: None,
+                work: None,
             });
     }
 
     /// An input finished; ignored when its epoch is stale (the entry is gone or newer).
-    pub fn finish(&mut self, seq: u64, partition: i32, epoch: u64, records: Vec<OutRecord>) {
+    pub fn finish(&mut self, seq: u64, partition: i32, epoch: u64, work: W) {
         let Some(group) = self.groups.get_mut(&partition) else {
             return;
         };
         if let Ok(i) = group.binary_search_by_key(&seq, |e| e.seq) {
             if group[i].epoch == epoch {
-                group[i].records = Some(records);
+                group[i].work = Some(work);
             }
         }
     }
 
     /// Takes the finished prefix of every partition number.
-    pub fn take_committable(&mut self) -> TxnBatch {
-        let mut batch = TxnBatch::default();
+    pub fn take_committable(&mut self) -> TxnBatch<W> {
+        let mut batch = TxnBatch {
+            work: Vec::new(),
+            offsets: HashMap::new(),
+        };
         for group in self.groups.values_mut() {
-            while group.front().is_some_and(|e| e.records.is_some()) {
+            while group.front().is_some_and(|e| e.work.is_some()) {
                 let e = group.pop_front().expect("front exists");
-                batch.records.extend(e.records.unwrap_or_default());
+                batch.work.extend(e.work);
                 batch.offsets.insert((e.topic, e.partition), e.offset + 1);
             }
         }
@@ -332,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_transaction_takes_the_dispatch_prefix_of_a_partition_number() {
-        let mut b = TxnBook::default();
+        let mut b = TxnBook::<Vec<OutRecord>>::default();
         b.start(1, "a", 3, 10, 7);
         b.start(2, "b", 3, 5, 8); // same saga, later step, other topic
         b.start(3, "a", 4, 0, 9);
@@ -340,9 +353,10 @@ mod tests {
         b.finish(3, 4, 9, vec![rec("c-out")]);
         let t = b.take_committable();
         assert_eq!(
-            t.records
+            t.work
                 .iter()
-                .map(|r| r.topic.as_str())
+                .flatten()
+                .map(|r: &OutRecord| r.topic.as_str())
                 .collect::<Vec<_>>(),
             ["c-out"],
             "b@5 waits for a@10, dispatched before it with the same partition number"
@@ -352,9 +366,10 @@ mod tests {
         b.finish(1, 3, 7, vec![rec("a-out")]);
         let t = b.take_committable();
         assert_eq!(
-            t.records
+            t.work
                 .iter()
-                .map(|r| r.topic.as_str())
+                .flatten()
+                .map(|r: &OutRecord| r.topic.as_str())
                 .collect::<Vec<_>>(),
             ["a-out", "b-out"]
         );
@@ -365,7 +380,7 @@ mod tests {
 
     #[test]
     fn stale_and_forgotten_inputs_are_not_committed() {
-        let mut b = TxnBook::default();
+        let mut b = TxnBook::<Vec<OutRecord>>::default();
         b.start(1, "a", 0, 10, 1);
         b.finish(1, 0, 99, vec![rec("stale")]);
         assert!(
@@ -374,7 +389,7 @@ mod tests {
         );
         b.forget("a", 0);
         b.finish(1, 0, 1, vec![rec("late")]);
-        assert!(b.take_committable().records.is_empty());
+        assert!(b.take_committable().work.is_empty());
         assert!(b.is_empty());
     }
 

@@ -8,7 +8,8 @@
 //!   in the *same partition number* as the input record, before the input offset is committed.
 //!   A marker record's value is a JSON array of `[ce_source, ce_id]` pairs: the events handled
 //!   meanwhile in that partition share one record (one write per batch, not per event). In
-//!   exactly-once mode the marker is part of the transaction. When a partition is assigned, its markers are read back (before any of its
+//!   exactly-once mode the markers are part of the transaction: written at its commit, one record
+//!   per partition. When a partition is assigned, its markers are read back (before any of its
 //!   records is handled), so the next owner of a partition knows what the last one finished.
 //! - Bounded: per partition, the handled events of the last [`Idempotency::window`] (default
 //!   1 hour) and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest
@@ -22,7 +23,7 @@
 //!   [`derived_event_id`](crate::envelope::derived_event_id)). Exactly-once mode closes that gap.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use std::time::Duration;
 use rdkafka::Message;
 
 use crate::config::KafkaConfig;
+use crate::delivery::OutRecord;
 use crate::record::{read_partition, ReadFrom};
 
 /// How long and how many handled events a service remembers.
@@ -190,10 +192,37 @@ impl HandledLog {
     }
 }
 
-/// The value of a marker record.
-pub(crate) fn marker_payload<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
-    serde_json::to_vec(&pairs).unwrap_or_default()
+/// The marker records of handled events, given as `(partition, ce_source, ce_id)`: one record
+/// per partition of the handled-marker `topic` (more when its value would exceed about
+/// `max_bytes`), whose value is the JSON array of the partition's `[ce_source, ce_id]` pairs.
+pub(crate) fn marker_records<'a>(
+    topic: &str,
+    max_bytes: usize,
+    handled: impl IntoIterator<Item = (i32, &'a str, &'a str)>,
+) -> Vec<OutRecord> {
+    let mut by_partition: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+    let mut records = Vec::new();
+    let close = |partition: i32, mut payload: Vec<u8>| {
+        payload.push(b']');
+        let mut out = OutRecord::new(topic);
+        out.partition = Some(partition);
+        out.payload = Some(payload);
+        out
+    };
+    for (partition, source, id) in handled {
+        let payload = by_partition.entry(partition).or_insert_with(|| vec![b'[']);
+        if payload.len() > 1 && payload.len() + source.len() + id.len() + 8 > max_bytes {
+            let full = std::mem::replace(payload, vec![b'[']);
+            records.push(close(partition, full));
+        }
+        if payload.len() > 1 {
+            payload.push(b',');
+        }
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *payload, &(source, id));
+    }
+    records.extend(by_partition.into_iter().map(|(p, v)| close(p, v)));
+    records
 }
 
 #[cfg(test)]
@@ -241,16 +270,48 @@ mod tests {
     }
 
     #[test]
-    fn marker_records_carry_pairs() {
-        let p = marker_payload([("/services/a", "1"), ("/services/b", "x\ny")]);
-        let back: Vec<(String, String)> = serde_json::from_slice(&p).unwrap();
+    fn marker_records_carry_pairs_per_partition_within_the_bound() {
+        let pairs = |r: &OutRecord| -> Vec<(String, String)> {
+            serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap()
+        };
+        let handled = [
+            (2, "/services/a", "1"),
+            (0, "/services/b", "x\ny"),
+            (2, "/services/a", "2"),
+        ];
+        let records = marker_records("t.handled", 1 << 20, handled);
+        assert_eq!(records.len(), 2);
         assert_eq!(
-            back,
-            [
-                ("/services/a".into(), "1".into()),
-                ("/services/b".into(), "x\ny".into())
-            ]
+            (records[0].partition, pairs(&records[0])),
+            (Some(0), vec![("/services/b".into(), "x\ny".into())])
         );
+        assert_eq!(
+            (records[1].partition, pairs(&records[1])),
+            (
+                Some(2),
+                vec![
+                    ("/services/a".into(), "1".into()),
+                    ("/services/a".into(), "2".into())
+                ]
+            )
+        );
+        assert!(records.iter().all(|r| r.topic == "t.handled"));
+
+        // `["/s","id-0"]` is 13 bytes: a bound of 40 fits two per record, 20 one. None is lost,
+        // the order is kept, no record is over the bound.
+        let many: Vec<String> = (0..5).map(|i| format!("id-{i}")).collect();
+        let records = marker_records("t", 40, many.iter().map(|id| (1, "/s", id.as_str())));
+        assert_eq!(records.len(), 3);
+        let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
+        assert_eq!(ids, many);
+        assert!(records.iter().all(|r| r.payload.as_ref().unwrap().len() <= 40));
+        let records = marker_records("t", 20, many.iter().map(|id| (1, "/s", id.as_str())));
+        assert_eq!(records.len(), 5);
+        let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
+        assert_eq!(ids, many);
+        assert!(records
+            .iter()
+            .all(|r| r.payload.as_ref().unwrap().len() <= 40));
     }
 
     #[test]

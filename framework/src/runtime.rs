@@ -44,7 +44,7 @@
 //! - Shutdown (SIGINT/SIGTERM, or [`ShutdownHandle::shutdown`]): stop taking records, finish
 //!   in-flight work within the shutdown timeout, commit, close the consumer, flush the producer.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -703,8 +703,19 @@ struct Completion {
     offset: i64,
     epoch: u64,
     seq: u64,
-    /// Exactly-once mode: the records to write in the transaction.
+    /// Exactly-once mode: what goes into the transaction.
+    work: TxnWork,
+}
+
+/// Exactly-once: what one input adds to the transaction that commits its offset.
+#[derive(Default)]
+struct TxnWork {
+    /// Its follow-up events, saga-state change and dead letters, written as they are.
     records: Vec<OutRecord>,
+    /// Its saga-log step and handled marker: written at the commit, batched per partition
+    /// with the transaction's other steps and markers.
+    step: Option<OutRecord>,
+    marker: Option<Marker>,
 }
 
 /// Where the records of one input go: straight to the broker (acknowledged one by one), or
@@ -885,8 +896,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         all.push(&saga_log);
         self.topics.ensure(&all).await?;
         let exactly_once = self.options.delivery == Delivery::ExactlyOnce;
-        // At-least-once, steps are batched per saga-log partition (see write_tails).
-        let saga_log_partitions = if self.options.saga_log && !exactly_once {
+        // Steps are batched per saga-log partition (see write_tails and Transactions).
+        let saga_log_partitions = if self.options.saga_log {
             self.topics
                 .settled_partition_count(&saga_log)
                 .await?
@@ -919,6 +930,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             config: self.config.clone(),
             topics: inputs.clone(),
             input_partitions,
+            saga_log_partitions,
             saga_state: changelog.clone().zip(store.clone()),
             handled_log: handled_log.clone(),
             handled,
@@ -956,12 +968,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             handled_log,
             saga_log: self.options.saga_log,
             exactly_once,
-            max_message_bytes: self
-                .config
-                .properties()
-                .get("message.max.bytes")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1_000_000),
+            max_message_bytes: self.config.max_message_bytes(),
             catalogue: self.catalogue.clone(),
             done: Mutex::new(done_tx),
         });
@@ -1136,7 +1143,7 @@ struct Worker<S> {
     delivery_timeout: Duration,
     topic_prefix: String,
     saga_log_topic: String,
-    /// The saga log's partition count when steps are batched (at-least-once), else 0.
+    /// The saga log's partition count (0 when unknown: steps are then not batched).
     saga_log_partitions: usize,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
@@ -1207,6 +1214,16 @@ struct Marker {
     event: Arc<CloudEvent>,
 }
 
+impl Marker {
+    /// `(partition, ce_source, ce_id)`, as [`crate::idempotency::marker_records`] takes them.
+    fn handled(&self) -> (i32, &str, &str) {
+        (self.partition, &self.event.source, &self.event.id)
+    }
+}
+
+/// At most about this many bytes of handled markers per marker record.
+const MARKER_BATCH_BYTES: usize = 256 * 1024;
+
 enum Outcome {
     Handled {
         outgoing: Vec<Outgoing>,
@@ -1244,7 +1261,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 offset = job.message.offset(),
                 "partition no longer owned: record left to its new owner"
             );
-            self.report(&job, Vec::new());
+            self.report(&job, TxnWork::default());
             return;
         }
         let sink = if self.exactly_once {
@@ -1266,8 +1283,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     0,
                 ))
                 .await;
-                let records = sink.into_records();
-                self.report(&job, records);
+                let work = TxnWork {
+                    records: sink.into_records(),
+                    ..TxnWork::default()
+                };
+                self.report(&job, work);
                 return;
             }
         };
@@ -1283,47 +1303,43 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .process_event(&job, &sink, &event, started_at)
             .instrument(span.clone())
             .await;
+        let _entered = span.enter();
+        let (step, marker) = self.tail(&job, &event, finish, started_at);
         match sink {
-            Sink::Direct => {
-                let _entered = span.enter();
-                self.hand_to_tail_writer(&job, &event, finish, started_at);
-            }
+            Sink::Direct => self.hand_to_tail_writer(&job, step, marker),
             Sink::Transaction(_) => {
-                // (Boxed: kept out of every record's future.)
-                Box::pin(
-                    async {
-                        if finish.mark {
-                            self.write_handled(&sink, &job, &event).await;
-                        }
-                        if let Some(step) = finish.step {
-                            self.write_step(&sink, &job.message, &event, step, started_at)
-                                .await;
-                        }
+                let step = step.filter(|s| match self.check_size(s, "saga-log step") {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a saga-log step could not be written; the saga's trace misses it");
+                        false
                     }
-                    .instrument(span),
-                )
-                .await;
-                let records = sink.into_records();
-                self.report(&job, records);
+                });
+                let work = TxnWork {
+                    records: sink.into_records(),
+                    step,
+                    marker,
+                };
+                self.report(&job, work);
             }
         }
     }
 
-    /// At-least-once: hands what finishes an input (its saga-log step and handled marker) to
-    /// the tail writer, which writes them in batches and then reports the input finished.
-    fn hand_to_tail_writer(
+    /// What finishes a processed input: its saga-log step (when the saga log is on) and its
+    /// handled marker (when idempotency is on and the input is to be remembered). The input
+    /// counts as handled in this process from now on (a redelivery in the same lane is
+    /// skipped); the marker makes that durable.
+    fn tail(
         &self,
         job: &Job,
         event: &Arc<CloudEvent>,
         finish: Finish,
         started_at: chrono::DateTime<chrono::Utc>,
-    ) {
+    ) -> (Option<OutRecord>, Option<Marker>) {
         let step = finish
             .step
             .filter(|_| self.saga_log)
             .map(|step| self.step_record(&job.message, event, step, started_at));
-        // The event's follow-up events are written: it counts as handled from now on in this
-        // process (a redelivery in the same lane is skipped); the marker makes that durable.
         let marker = match &self.handled_log {
             Some((_, log)) if finish.mark && self.still_owned(job) => {
                 let partition = job.message.partition();
@@ -1335,7 +1351,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             }
             _ => None,
         };
-        let completion = self.completion(job, Vec::new());
+        (step, marker)
+    }
+
+    /// At-least-once: hands what finishes an input (its saga-log step and handled marker) to
+    /// the tail writer, which writes them in batches and then reports the input finished.
+    fn hand_to_tail_writer(&self, job: &Job, step: Option<OutRecord>, marker: Option<Marker>) {
+        let completion = self.completion(job, TxnWork::default());
         if step.is_none() && marker.is_none() {
             self.send_completion(completion);
             return;
@@ -1363,25 +1385,28 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     Err(_) => break,
                 }
             }
-            let steps = this.step_records(batch.iter_mut().filter_map(|t| t.step.take()));
-            let mut by_partition: BTreeMap<i32, Vec<&Marker>> = BTreeMap::new();
-            for m in batch.iter().filter_map(|t| t.marker.as_ref()) {
-                by_partition.entry(m.partition).or_default().push(m);
-            }
-            let marker_writes = by_partition.into_iter().filter_map(|(partition, markers)| {
-                let (topic, _) = this.handled_log.as_ref()?;
-                let mut out = OutRecord::new(topic);
-                out.partition = Some(partition);
-                out.payload = Some(crate::idempotency::marker_payload(
-                    markers
+            let steps = crate::saga_log::batch_records(
+                &this.saga_log_topic,
+                this.saga_log_partitions,
+                STEP_BATCH_BYTES,
+                batch.iter_mut().filter_map(|t| t.step.take()),
+            );
+            let markers = match &this.handled_log {
+                Some((topic, _)) => crate::idempotency::marker_records(
+                    topic,
+                    MARKER_BATCH_BYTES,
+                    batch
                         .iter()
-                        .map(|m| (m.event.source.as_str(), m.event.id.as_str())),
-                ));
-                Some(async move {
-                    if let Err(e) = this.write(&Sink::Direct, out, "handled marker").await {
-                        tracing::error!(service = %this.service, partition, error = %e, "handled markers could not be written; a redelivery after a restart would run their handlers again");
-                    }
-                })
+                        .filter_map(|t| t.marker.as_ref())
+                        .map(Marker::handled),
+                ),
+                None => Vec::new(),
+            };
+            let marker_writes = markers.into_iter().map(|out| async move {
+                let partition = out.partition.unwrap_or_default();
+                if let Err(e) = this.write(&Sink::Direct, out, "handled marker").await {
+                    tracing::error!(service = %this.service, partition, error = %e, "handled markers could not be written; a redelivery after a restart would run their handlers again");
+                }
             });
             let step_writes = steps.into_iter().map(|out| async move {
                 if let Err(e) = this.write(&Sink::Direct, out, "saga-log step").await {
@@ -1398,64 +1423,19 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
-    /// The saga-log records of a batch of steps (each keyed by its correlation ID): the steps
-    /// bound for one partition share a record (a JSON array, no key; up to
-    /// [`STEP_BATCH_BYTES`]), a lone step stays a keyed record of its own
-    /// ([`crate::saga_log`]). In order, so a saga's steps stay in order.
-    fn step_records(&self, steps: impl Iterator<Item = OutRecord>) -> Vec<OutRecord> {
-        let n = self.saga_log_partitions;
-        if n == 0 {
-            return steps.collect();
-        }
-        let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
-        for step in steps {
-            let p =
-                crate::trace::partition_for_key(step.key.as_deref().unwrap_or_default(), n as i32);
-            by_partition.entry(p).or_default().push(step);
-        }
-        let mut records = Vec::new();
-        for (partition, mut steps) in by_partition {
-            if steps.len() == 1 {
-                let mut step = steps.remove(0);
-                step.partition = Some(partition);
-                records.push(step);
-                continue;
-            }
-            let mut chunk: Vec<&[u8]> = Vec::new();
-            let mut bytes = 0;
-            let mut flush = |chunk: &mut Vec<&[u8]>| {
-                let mut out = OutRecord::new(&self.saga_log_topic);
-                out.partition = Some(partition);
-                out.payload = Some(crate::saga_log::batch_payload(chunk.drain(..)));
-                records.push(out);
-            };
-            for step in &steps {
-                let payload = step.payload.as_deref().unwrap_or_default();
-                if !chunk.is_empty() && bytes + payload.len() > STEP_BATCH_BYTES {
-                    flush(&mut chunk);
-                    bytes = 0;
-                }
-                bytes += payload.len() + 1;
-                chunk.push(payload);
-            }
-            flush(&mut chunk);
-        }
-        records
-    }
-
     /// Tells the consumer thread a record is finished (ignored there if its epoch is over).
-    fn report(&self, job: &Job, records: Vec<OutRecord>) {
-        self.send_completion(self.completion(job, records));
+    fn report(&self, job: &Job, work: TxnWork) {
+        self.send_completion(self.completion(job, work));
     }
 
-    fn completion(&self, job: &Job, records: Vec<OutRecord>) -> Completion {
+    fn completion(&self, job: &Job, work: TxnWork) -> Completion {
         Completion {
             topic: job.message.shared_topic().clone(),
             partition: job.message.partition(),
             offset: job.message.offset(),
             epoch: job.epoch,
             seq: job.seq,
-            records,
+            work,
         }
     }
 
@@ -1541,6 +1521,19 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
+    /// Exactly-once: a record must fit the producer's `message.max.bytes` (with headroom for
+    /// its framing), or librdkafka refuses it and the transaction with it.
+    fn check_size(&self, record: &OutRecord, what: &str) -> Result<(), String> {
+        let size = record.size();
+        if size + 512 > self.max_message_bytes {
+            return Err(format!(
+                "the {what} is {size} bytes, more than the producer's message.max.bytes ({})",
+                self.max_message_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes one record: straight to the broker, retried with backoff until it is acknowledged
     /// (the input stays uncommitted meanwhile, so nothing is lost while the broker is away), or
     /// into the input's share of the transaction. Fails only when the record can never be
@@ -1548,14 +1541,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     async fn write(&self, sink: &Sink, record: OutRecord, what: &str) -> Result<(), String> {
         match sink {
             Sink::Transaction(records) => {
-                let size = record.size();
-                // Headroom for the record's framing: librdkafka refuses larger ones outright.
-                if size + 512 > self.max_message_bytes {
-                    return Err(format!(
-                        "the {what} is {size} bytes, more than the producer's message.max.bytes ({})",
-                        self.max_message_bytes
-                    ));
-                }
+                self.check_size(&record, what)?;
                 records
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1773,30 +1759,6 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let out = self.step_record(message, event, step, started_at);
         if let Err(e) = self.write(sink, out, "saga-log step").await {
             tracing::error!(error = %e, "a saga-log step could not be written; the saga's trace misses it");
-        }
-    }
-
-    /// Exactly-once: the input's handled marker goes into its share of the transaction, and to
-    /// memory (at-least-once, the tail writer batches markers: [`Self::write_tails`]).
-    async fn write_handled(&self, sink: &Sink, job: &Job, event: &CloudEvent) {
-        let Some((topic, log)) = &self.handled_log else {
-            return;
-        };
-        if !self.still_owned(job) {
-            return;
-        }
-        let partition = job.message.partition();
-        let mut out = OutRecord::new(topic);
-        out.partition = Some(partition);
-        out.payload = Some(crate::idempotency::marker_payload([(
-            event.source.as_str(),
-            event.id.as_str(),
-        )]));
-        match self.write(sink, out, "handled marker").await {
-            Ok(()) => log.insert(partition, job.handled_generation, &event.source, &event.id),
-            Err(e) => {
-                tracing::error!(error = %e, "a handled marker could not be written; a redelivery would run the handler again")
-            }
         }
     }
 
@@ -2117,6 +2079,8 @@ struct ConsumerThread {
     topics: Vec<String>,
     /// Partitions of all input topics together.
     input_partitions: usize,
+    /// The saga log's partition count (0 when unknown or off), to batch steps per partition.
+    saga_log_partitions: usize,
     handled: HashSet<&'static str>,
     saga_state: Option<(String, SagaStore)>,
     handled_log: Option<(String, HandledLog)>,
@@ -2138,7 +2102,16 @@ struct Transactions {
     producer: TxnProducer,
     /// The producer's settings, to make a new one after a failure the old one cannot leave.
     producer_config: rdkafka::ClientConfig,
-    book: TxnBook,
+    book: TxnBook<TxnWork>,
+    /// The open transaction's saga-log steps and handled markers, written at its commit,
+    /// batched per partition.
+    steps: Vec<OutRecord>,
+    markers: Vec<Marker>,
+    saga_log_topic: String,
+    saga_log_partitions: usize,
+    handled_topic: Option<String>,
+    /// At most about this many bytes of steps or markers per record.
+    batch_bytes: usize,
     /// Input offsets committed by this instance's transactions, by partition.
     committed: HashMap<PartitionKey, i64>,
     last_commit: Instant,
@@ -2313,7 +2286,7 @@ impl Transactions {
     /// (blocking; each transaction call on a thread of its own, bounded by
     /// [`Self::call_limit`]). The batch is the finished prefix of its partitions, so every record
     /// in a transaction belongs to an input whose offset the same transaction commits.
-    fn write(&mut self, batch: crate::delivery::TxnBatch) -> Result<(), TxnFailure> {
+    fn write(&mut self, batch: crate::delivery::TxnBatch<TxnWork>) -> Result<(), TxnFailure> {
         if batch.offsets.is_empty() {
             return Ok(());
         }
@@ -2325,31 +2298,71 @@ impl Transactions {
             .map_err(|e| self.classify(e))?;
             self.open = Some(HashMap::new());
         }
-        for mut record in batch.records {
-            // The headers move into the send (librdkafka takes them over), not copied.
-            let headers = record.headers.take();
-            let mut base = record.as_base();
-            base.headers = headers;
-            loop {
-                match self.producer.send(base) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        base = back;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err((e, _)) => {
-                        return Err(TxnFailure::Abort(format!(
-                            "writing to `{}`: {e}",
-                            record.topic
-                        )))
-                    }
-                }
+        for work in batch.work {
+            for record in work.records {
+                self.send(record)?;
             }
+            self.steps.extend(work.step);
+            self.markers.extend(work.marker);
         }
         if let Some(open) = &mut self.open {
             open.extend(batch.offsets);
         }
         Ok(())
+    }
+
+    /// Writes the open transaction's saga-log steps and handled markers, batched per partition
+    /// (at its commit, so a transaction writes a few such records, not two per input).
+    fn write_steps_and_markers(&mut self) -> Result<(), TxnFailure> {
+        let markers = match &self.handled_topic {
+            Some(topic) => crate::idempotency::marker_records(
+                topic,
+                self.batch_bytes,
+                self.markers.iter().map(Marker::handled),
+            ),
+            None => Vec::new(),
+        };
+        self.markers.clear();
+        let steps = crate::saga_log::batch_records(
+            &self.saga_log_topic,
+            self.saga_log_partitions,
+            self.batch_bytes,
+            std::mem::take(&mut self.steps),
+        );
+        for record in markers.into_iter().chain(steps) {
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    /// Hands one record to the transactional producer, waiting while its queue is full.
+    fn send(&self, mut record: OutRecord) -> Result<(), TxnFailure> {
+        // The headers move into the send (librdkafka takes them over), not copied.
+        let headers = record.headers.take();
+        let mut base = record.as_base();
+        base.headers = headers;
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    base = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    return Err(TxnFailure::Abort(format!(
+                        "writing to `{}`: {e}",
+                        record.topic
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Forgets the open transaction (it failed: its inputs are handled again).
+    fn discard_open(&mut self) {
+        self.open = None;
+        self.steps.clear();
+        self.markers.clear();
     }
 
     /// Commits the open transaction: its input offsets, then (once every record written into
@@ -2358,6 +2371,10 @@ impl Transactions {
         &mut self,
         consumer: &BaseConsumer<RuntimeContext>,
     ) -> Result<Option<HashMap<PartitionKey, i64>>, TxnFailure> {
+        if self.open.is_none() {
+            return Ok(None);
+        }
+        self.write_steps_and_markers()?;
         let Some(offsets) = self.open.take() else {
             return Ok(None);
         };
@@ -2597,7 +2614,7 @@ impl RuntimeContext {
             book.offsets
                 .finish(&c.topic, c.partition, c.offset, c.epoch);
             if let Some(txn) = &mut txn {
-                txn.book.finish(c.seq, c.partition, c.epoch, c.records);
+                txn.book.finish(c.seq, c.partition, c.epoch, c.work);
             }
         };
         let mut n = 0;
@@ -2643,7 +2660,7 @@ impl RuntimeContext {
             txn.last_commit = Instant::now();
         }
         let batch = txn.book.take_committable();
-        let records = batch.records.len();
+        let inputs = batch.work.len();
         let mut result = txn.write(batch);
         if result.is_ok() && commit {
             let started = Instant::now();
@@ -2660,11 +2677,11 @@ impl RuntimeContext {
             Ok(()) => return,
             Err(f) => f,
         };
-        txn.open = None;
+        txn.discard_open();
         let reason = match failure {
             TxnFailure::Fatal(reason) => reason,
             TxnFailure::Abort(reason) => {
-                tracing::warn!(service = %self.service, error = %reason, records, "transaction failed; aborting it and handling its inputs again");
+                tracing::warn!(service = %self.service, error = %reason, inputs, "transaction failed; aborting it and handling its inputs again");
                 match txn.abort_or_reset() {
                     Ok(()) => {
                         drop(txn);
@@ -2814,6 +2831,18 @@ impl ConsumerThread {
             producer: Arc::new(producer),
             producer_config: cc,
             book: TxnBook::default(),
+            steps: Vec::new(),
+            markers: Vec::new(),
+            saga_log_topic: self.config.topic(&self.config.saga_log_topic),
+            saga_log_partitions: self.saga_log_partitions,
+            handled_topic: self.handled_log.as_ref().map(|(t, _)| t.clone()),
+            // Headroom under message.max.bytes for the record's framing.
+            batch_bytes: STEP_BATCH_BYTES.min(
+                self.config
+                    .max_message_bytes()
+                    .saturating_sub(4096)
+                    .max(1024),
+            ),
             committed: HashMap::new(),
             last_commit: Instant::now(),
             interval: self.options.commit_interval,
@@ -3048,7 +3077,7 @@ impl ConsumerThread {
                     let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
                     txn.book.start(seq, &topic, partition, offset, epoch);
                     if unhandled {
-                        txn.book.finish(seq, partition, epoch, Vec::new());
+                        txn.book.finish(seq, partition, epoch, TxnWork::default());
                     }
                 }
                 if unhandled {

@@ -16,8 +16,8 @@
 //!   "started_at": "…", "finished_at": "…", "error": null }
 //! ```
 //!
-//! Under load, at-least-once runtimes batch their steps: the steps finished meanwhile that go
-//! to one partition share one record, whose value is a JSON array of steps (and which has no
+//! Under load, runtimes batch their steps: the steps finished meanwhile (at-least-once), or in
+//! one transaction (exactly-once), that go to one partition share one record, whose value is a JSON array of steps (and which has no
 //! key); a lone step is a record of its own, keyed by its correlation ID. Either way a step is in
 //! the partition of its correlation ID (`murmur2(correlation ID) % partitions`, the producer's
 //! partitioner), so a saga's steps are still read from one partition. Readers use
@@ -30,9 +30,12 @@
 //! [`crate::idempotency`]). Records the consumer skips by their
 //! `ce_type` header without reading them are not logged.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::OutRecord;
 use crate::envelope::CorrelationId;
 
 /// The default saga-log topic (before the topic prefix).
@@ -138,6 +141,57 @@ pub fn decode_steps(payload: &[u8]) -> Vec<Step> {
     }
 }
 
+/// The saga-log records of a batch of steps (each an [`OutRecord`] keyed by its correlation
+/// ID, in the order written): the steps bound for one partition of the `partitions` share a
+/// record (a JSON array, no key, at most about `max_bytes` of steps), a lone step stays a keyed
+/// record of its own. Within a partition the steps keep their order, so a saga's steps stay in
+/// order. With `partitions` 0 (unknown) the steps stay as they are.
+pub(crate) fn batch_records(
+    topic: &str,
+    partitions: usize,
+    max_bytes: usize,
+    steps: impl IntoIterator<Item = OutRecord>,
+) -> Vec<OutRecord> {
+    if partitions == 0 {
+        return steps.into_iter().collect();
+    }
+    let mut by_partition: BTreeMap<i32, Vec<OutRecord>> = BTreeMap::new();
+    for step in steps {
+        let key = step.key.as_deref().unwrap_or_default();
+        let p = crate::trace::partition_for_key(key, partitions as i32);
+        by_partition.entry(p).or_default().push(step);
+    }
+    let mut records = Vec::new();
+    for (partition, mut steps) in by_partition {
+        if steps.len() == 1 {
+            let mut step = steps.remove(0);
+            step.partition = Some(partition);
+            records.push(step);
+            continue;
+        }
+        let mut chunk: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        let mut flush = |chunk: &mut Vec<&[u8]>| {
+            let mut out = OutRecord::new(topic);
+            out.partition = Some(partition);
+            out.payload = Some(batch_payload(chunk.drain(..)));
+            records.push(out);
+        };
+        for step in &steps {
+            let payload = step.payload.as_deref().unwrap_or_default();
+            // The record would be `bytes + payload.len() + 2` long (brackets, commas).
+            if !chunk.is_empty() && bytes + payload.len() + 2 > max_bytes {
+                flush(&mut chunk);
+                bytes = 0;
+            }
+            bytes += payload.len() + 1;
+            chunk.push(payload);
+        }
+        flush(&mut chunk);
+    }
+    records
+}
+
 /// A batch record's value: the steps' serialized records as a JSON array.
 pub(crate) fn batch_payload<'a>(steps: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -233,6 +287,44 @@ mod tests {
         let json = serde_json::to_vec(&borrowed).unwrap();
         assert_eq!(json, serde_json::to_vec(&a).unwrap());
         assert_eq!(decode_steps(&json), vec![a]);
+    }
+
+    #[test]
+    fn steps_are_batched_per_partition_of_their_correlation_id_in_order() {
+        let steps: Vec<Step> = (0..40).map(step).collect();
+        let record = |s: &Step| {
+            let mut out = OutRecord::new("log");
+            out.key = Some(s.correlation_id.to_string().into_bytes());
+            out.payload = Some(serde_json::to_vec(s).unwrap());
+            out
+        };
+        let partition = |s: &Step| {
+            crate::trace::partition_for_key(s.correlation_id.to_string().as_bytes(), 3)
+        };
+        let size = serde_json::to_vec(&steps[39]).unwrap().len();
+        // Three steps' worth per record at most.
+        let records = batch_records("log", 3, 3 * size + 3, steps.iter().map(record));
+        for p in 0..3 {
+            let mine: Vec<&Step> = steps.iter().filter(|s| partition(s) == p).collect();
+            let read: Vec<Step> = records
+                .iter()
+                .filter(|r| r.partition == Some(p))
+                .flat_map(|r| decode_steps(r.payload.as_deref().unwrap()))
+                .collect();
+            assert_eq!(read.iter().collect::<Vec<_>>(), mine, "partition {p}");
+        }
+        assert!(records.iter().all(|r| r.topic == "log"
+            && r.payload.as_ref().unwrap().len() <= 3 * size + 3
+            && r.key.is_none()));
+        assert!(records.len() >= 40 / 3, "{} records", records.len());
+
+        // A lone step for its partition stays a keyed record of its own; with no partition
+        // count the steps stay as they are.
+        let lone = batch_records("log", 3, 1 << 20, [record(&steps[0])]);
+        assert_eq!(lone.len(), 1);
+        assert_eq!(lone[0].partition, Some(partition(&steps[0])));
+        assert_eq!(lone[0].key, record(&steps[0]).key);
+        assert_eq!(batch_records("log", 0, 1 << 20, steps.iter().map(record)).len(), 40);
     }
 
     #[test]

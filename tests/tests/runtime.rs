@@ -1221,6 +1221,7 @@ async fn exactly_once_a_crash_leaves_no_duplicate_outputs() {
 
     // The same instance ID again: it fences the old producer and aborts what it left open.
     let second = service1_with(&config, probe.clone(), eos(fast_options()));
+    let handled_topic = second.handled_topic();
     let h = second.shutdown_handle();
     let t = tokio::spawn(second.run_until(futures::future::pending()));
     wait_for("every saga handled", || probe.handled() == 300).await;
@@ -1260,6 +1261,33 @@ async fn exactly_once_a_crash_leaves_no_duplicate_outputs() {
         sagas.len(),
         "one committed saga-log step per event"
     );
+    // Steps and markers are written at each commit, batched per partition: fewer records than
+    // events, and no marker lost or repeated (committed ones only).
+    let log_records = read_all_events(&config, choreograph::saga_log::DEFAULT_TOPIC).await;
+    let markers = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || testkit::read_to_end(&config, &handled_topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let marked: Vec<(String, String)> = markers
+        .iter()
+        .flat_map(|m| {
+            serde_json::from_slice::<Vec<(String, String)>>(m.payload().unwrap_or_default())
+                .unwrap()
+        })
+        .collect();
+    eprintln!(
+        "exactly-once crash test: {} steps in {} saga-log records, {} markers in {} records",
+        steps.len(),
+        log_records.len(),
+        marked.len(),
+        markers.len()
+    );
+    assert_eq!(marked.len(), sagas.len(), "one committed marker per event");
+    let marked_ids: HashSet<&str> = marked.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(marked_ids.len(), sagas.len());
+    assert!(log_records.len() < steps.len() && markers.len() < marked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
