@@ -442,7 +442,7 @@ fn measure_one(
                     argv.push("--property".into());
                     argv.push(format!("{k}={v}"));
                 }
-                if let (Implementation::Choreograph, Some(m)) =
+                if let (Implementation::Choreograph | Implementation::ChoreographBare, Some(m)) =
                     (c.implementation, args.max_in_flight)
                 {
                     argv.push("--max-in-flight".into());
@@ -452,10 +452,8 @@ fn measure_one(
             }
         };
         let heap_profile = match (&args.heap_profile_dir, c.implementation) {
-            (Some(dir), Implementation::Choreograph | Implementation::Raw) => {
-                Some(dir.join(format!("{stem}-{}.heaptrack.zst", role.name())))
-            }
-            _ => None,
+            (None, _) | (_, Implementation::Watermill) => None,
+            (Some(dir), _) => Some(dir.join(format!("{stem}-{}.heaptrack.zst", role.name()))),
         };
         services.procs.push(ServiceProcess::spawn(
             &name,

@@ -61,7 +61,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "choreograph,raw,watermill"
+        default_value = "choreograph,choreograph-bare,raw,watermill"
     )]
     pub impls: Vec<Implementation>,
     /// Workloads to measure, comma-separated.
@@ -126,27 +126,27 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
-struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     #[arg(long = "impl")]
-    implementation: Implementation,
+    pub implementation: Implementation,
     #[arg(long)]
-    role: Role,
+    pub role: Role,
     #[arg(long)]
-    brokers: String,
+    pub brokers: String,
     #[arg(long)]
-    prefix: String,
+    pub prefix: String,
     /// The delivery mode.
     #[arg(long, default_value = "at-least-once")]
-    mode: Mode,
+    pub mode: Mode,
     /// A stable instance ID (exactly-once: part of the transactional.id).
     #[arg(long)]
-    instance_id: String,
+    pub instance_id: String,
     /// librdkafka properties, KEY=VALUE.
     #[arg(long = "property", value_parser = parse_property)]
-    properties: Vec<(String, String)>,
+    pub properties: Vec<(String, String)>,
     /// choreograph only: `ServiceOptions::max_in_flight_per_partition`.
     #[arg(long)]
-    max_in_flight: Option<usize>,
+    pub max_in_flight: Option<usize>,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -203,15 +203,7 @@ fn serve(s: ServiceArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match s.implementation {
-        Implementation::Choreograph => svc_choreograph::run(
-            s.role,
-            &s.brokers,
-            &s.prefix,
-            s.mode,
-            &s.instance_id,
-            &s.properties,
-            s.max_in_flight,
-        ),
+        Implementation::Choreograph | Implementation::ChoreographBare => svc_choreograph::run(&s),
         Implementation::Raw => match s.mode {
             Mode::AtLeastOnce => svc_raw::run(s.role, &s.brokers, &s.prefix, &s.properties),
             Mode::ExactlyOnce => svc_raw::run_exactly_once(

@@ -223,6 +223,10 @@ impl Role {
 pub enum Implementation {
     /// Services written with the Choreograph framework (either delivery mode).
     Choreograph,
+    /// The same services with the saga log and the handled markers off (`saga_log: false`,
+    /// `idempotency: None`): the runtime alone, to show what those two features cost.
+    #[serde(rename = "choreograph-bare")]
+    ChoreographBare,
     /// The same directly on rdkafka: hand-written consume → produce → commit loops (either mode).
     Raw,
     /// Go, Watermill router + watermill-kafka (Sarama); at-least-once only.
@@ -233,6 +237,7 @@ impl Implementation {
     pub fn name(self) -> &'static str {
         match self {
             Implementation::Choreograph => "choreograph",
+            Implementation::ChoreographBare => "choreograph-bare",
             Implementation::Raw => "raw",
             Implementation::Watermill => "watermill",
         }
@@ -278,6 +283,24 @@ impl Implementation {
                 "not available: Watermill's Kafka Pub/Sub (watermill-kafka on Sarama) has no transactions",
             ),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn implementation_names_agree_in_cli_json_and_reports() {
+        for i in Implementation::value_variants() {
+            let cli = i.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), i.name());
+            assert_eq!(
+                serde_json::to_string(i).unwrap(),
+                format!("\"{}\"", i.name())
+            );
         }
     }
 }

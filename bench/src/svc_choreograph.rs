@@ -15,6 +15,7 @@ use choreograph::runtime::{Delivery, Service, ServiceOptions};
 use choreograph::{Context, CorrelationId, HandlerError, KafkaConfig, State};
 
 use crate::model::*;
+use crate::ServiceArgs;
 
 /// What the activity service knows of a saga's join so far.
 #[derive(Default)]
@@ -102,16 +103,19 @@ async fn step_two(_ctx: Context, e: ChainContinued) -> Result<ChainFinished, Han
     })
 }
 
-/// Runs one service until SIGINT/SIGTERM.
-pub fn run(
-    role: Role,
-    brokers: &str,
-    prefix: &str,
-    mode: Mode,
-    instance_id: &str,
-    properties: &[(String, String)],
-    max_in_flight: Option<usize>,
-) -> anyhow::Result<()> {
+/// Runs one service (`choreograph` or `choreograph-bare`) until SIGINT/SIGTERM.
+pub(crate) fn run(args: &ServiceArgs) -> anyhow::Result<()> {
+    let ServiceArgs {
+        implementation,
+        role,
+        ref brokers,
+        ref prefix,
+        mode,
+        ref instance_id,
+        ref properties,
+        max_in_flight,
+    } = *args;
+    let bare = implementation == Implementation::ChoreographBare;
     let mut config = KafkaConfig::new(brokers)?;
     config.topic_prefix = prefix.to_owned();
     for (k, v) in properties {
@@ -131,6 +135,11 @@ pub fn run(
     // The deployment settings a service binary reads (`CHOREOGRAPH_SAGA_LOG=off`,
     // `CHOREOGRAPH_IDEMPOTENCY_WINDOW_SECS=0`, ...), inherited from the harness: for what-if runs.
     options.apply_env().map_err(anyhow::Error::msg)?;
+    if bare {
+        // `choreograph-bare`: the runtime without the saga log and the handled markers.
+        options.saga_log = false;
+        options.idempotency = None;
+    }
     // What `#[tokio::main]` builds: the multi-threaded runtime, one worker per core.
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -8,9 +8,10 @@
 //!   in the *same partition number* as the input record, before the input offset is committed.
 //!   A marker record's value is a JSON array of `[ce_source, ce_id]` pairs: the events handled
 //!   meanwhile in that partition share one record (one write per batch, not per event). In
-//!   exactly-once mode the markers are part of the transaction: written at its commit, one record
-//!   per partition. When a partition is assigned, its markers are read back (before any of its
-//!   records is handled), so the next owner of a partition knows what the last one finished.
+//!   exactly-once mode the markers are part of the transaction, batched the same way with the
+//!   inputs written into it together. When a partition is assigned, its markers are read back
+//!   (before any of its records is handled), so the next owner of a partition knows what the
+//!   last one finished.
 //! - Bounded: per partition, the handled events of the last [`Idempotency::window`] (default
 //!   1 hour) and at most [`Idempotency::max_per_partition`] of them (default 20,000), oldest
 //!   forgotten first; held in memory as 64-bit fingerprints (about 30 bytes each). The topic
@@ -304,7 +305,9 @@ mod tests {
         assert_eq!(records.len(), 3);
         let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
         assert_eq!(ids, many);
-        assert!(records.iter().all(|r| r.payload.as_ref().unwrap().len() <= 40));
+        assert!(records
+            .iter()
+            .all(|r| r.payload.as_ref().unwrap().len() <= 40));
         let records = marker_records("t", 20, many.iter().map(|id| (1, "/s", id.as_str())));
         assert_eq!(records.len(), 5);
         let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();

@@ -704,30 +704,29 @@ struct Completion {
     epoch: u64,
     seq: u64,
     /// Exactly-once mode: what goes into the transaction.
-    work: TxnWork,
+    work: Vec<TxnItem>,
 }
 
-/// Exactly-once: what one input adds to the transaction that commits its offset.
-#[derive(Default)]
-struct TxnWork {
-    /// Its follow-up events, saga-state change and dead letters, written as they are.
-    records: Vec<OutRecord>,
-    /// Its saga-log step and handled marker: written at the commit, batched per partition
-    /// with the transaction's other steps and markers.
-    step: Option<OutRecord>,
-    marker: Option<Marker>,
+/// Exactly-once: what handling an input adds to the transaction that commits its offset.
+enum TxnItem {
+    /// A follow-up event, saga-state change or dead letter, written as it is.
+    Record(OutRecord),
+    /// Its saga-log step and its handled marker, batched per partition with the others written
+    /// into the transaction at the same time.
+    Step(OutRecord),
+    Marker(Marker),
 }
 
 /// Where the records of one input go: straight to the broker (acknowledged one by one), or
 /// into the input's share of the next transaction.
 enum Sink {
     Direct,
-    Transaction(Mutex<Vec<OutRecord>>),
+    Transaction(Mutex<Vec<TxnItem>>),
 }
 
 impl Sink {
-    /// The records collected for the transaction (none when written directly).
-    fn into_records(self) -> Vec<OutRecord> {
+    /// What was collected for the transaction (nothing when written directly).
+    fn into_items(self) -> Vec<TxnItem> {
         match self {
             Sink::Direct => Vec::new(),
             Sink::Transaction(records) => records.into_inner().unwrap_or_else(|e| e.into_inner()),
@@ -1261,7 +1260,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 offset = job.message.offset(),
                 "partition no longer owned: record left to its new owner"
             );
-            self.report(&job, TxnWork::default());
+            self.report(&job, Vec::new());
             return;
         }
         let sink = if self.exactly_once {
@@ -1283,11 +1282,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     0,
                 ))
                 .await;
-                let work = TxnWork {
-                    records: sink.into_records(),
-                    ..TxnWork::default()
-                };
-                self.report(&job, work);
+                self.report(&job, sink.into_items());
                 return;
             }
         };
@@ -1315,11 +1310,9 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                         false
                     }
                 });
-                let work = TxnWork {
-                    records: sink.into_records(),
-                    step,
-                    marker,
-                };
+                let mut work = sink.into_items();
+                work.extend(step.map(TxnItem::Step));
+                work.extend(marker.map(TxnItem::Marker));
                 self.report(&job, work);
             }
         }
@@ -1357,7 +1350,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     /// At-least-once: hands what finishes an input (its saga-log step and handled marker) to
     /// the tail writer, which writes them in batches and then reports the input finished.
     fn hand_to_tail_writer(&self, job: &Job, step: Option<OutRecord>, marker: Option<Marker>) {
-        let completion = self.completion(job, TxnWork::default());
+        let completion = self.completion(job, Vec::new());
         if step.is_none() && marker.is_none() {
             self.send_completion(completion);
             return;
@@ -1424,11 +1417,11 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     /// Tells the consumer thread a record is finished (ignored there if its epoch is over).
-    fn report(&self, job: &Job, work: TxnWork) {
+    fn report(&self, job: &Job, work: Vec<TxnItem>) {
         self.send_completion(self.completion(job, work));
     }
 
-    fn completion(&self, job: &Job, work: TxnWork) -> Completion {
+    fn completion(&self, job: &Job, work: Vec<TxnItem>) -> Completion {
         Completion {
             topic: job.message.shared_topic().clone(),
             partition: job.message.partition(),
@@ -1545,7 +1538,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 records
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(record);
+                    .push(TxnItem::Record(record));
                 Ok(())
             }
             Sink::Direct => {
@@ -1718,25 +1711,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .encode_lower(&mut key);
         let mut out = OutRecord::new(&self.saga_log_topic);
         out.key = Some(key.to_vec());
-        // One allocation of about the step's size (it may wait for its transaction a while):
-        // the names and punctuation take about 360 bytes, 48 more per emitted event.
-        let strings = [
-            &*self.service,
-            &*self.instance,
-            &event.id,
-            &event.event_type,
-            &event.source,
-            event.causation_id.as_deref().unwrap_or_default(),
-            message.topic(),
-            step.error.as_deref().unwrap_or_default(),
-        ];
-        let emitted: usize = step
-            .emitted
-            .iter()
-            .map(|e| 48 + e.id.len() + e.event_type.len() + e.topic.len())
-            .sum();
-        let mut payload =
-            Vec::with_capacity(360 + strings.iter().map(|s| s.len()).sum::<usize>() + emitted);
+        let mut payload = Vec::with_capacity(record.json_capacity());
         if serde_json::to_writer(&mut payload, &record).is_err() {
             payload.clear();
         }
@@ -2102,11 +2077,8 @@ struct Transactions {
     producer: TxnProducer,
     /// The producer's settings, to make a new one after a failure the old one cannot leave.
     producer_config: rdkafka::ClientConfig,
-    book: TxnBook<TxnWork>,
-    /// The open transaction's saga-log steps and handled markers, written at its commit,
-    /// batched per partition.
-    steps: Vec<OutRecord>,
-    markers: Vec<Marker>,
+    book: TxnBook<Vec<TxnItem>>,
+    /// Where the saga-log steps and handled markers go, batched per partition.
     saga_log_topic: String,
     saga_log_partitions: usize,
     handled_topic: Option<String>,
@@ -2286,7 +2258,7 @@ impl Transactions {
     /// (blocking; each transaction call on a thread of its own, bounded by
     /// [`Self::call_limit`]). The batch is the finished prefix of its partitions, so every record
     /// in a transaction belongs to an input whose offset the same transaction commits.
-    fn write(&mut self, batch: crate::delivery::TxnBatch<TxnWork>) -> Result<(), TxnFailure> {
+    fn write(&mut self, batch: crate::delivery::TxnBatch<Vec<TxnItem>>) -> Result<(), TxnFailure> {
         if batch.offsets.is_empty() {
             return Ok(());
         }
@@ -2298,39 +2270,36 @@ impl Transactions {
             .map_err(|e| self.classify(e))?;
             self.open = Some(HashMap::new());
         }
-        for work in batch.work {
-            for record in work.records {
-                self.send(record)?;
+        let mut steps = Vec::new();
+        let mut markers = Vec::new();
+        for item in batch.work.into_iter().flatten() {
+            match item {
+                TxnItem::Record(record) => self.send(record)?,
+                TxnItem::Step(step) => steps.push(step),
+                TxnItem::Marker(marker) => markers.push(marker),
             }
-            self.steps.extend(work.step);
-            self.markers.extend(work.marker);
         }
-        if let Some(open) = &mut self.open {
-            open.extend(batch.offsets);
-        }
-        Ok(())
-    }
-
-    /// Writes the open transaction's saga-log steps and handled markers, batched per partition
-    /// (at its commit, so a transaction writes a few such records, not two per input).
-    fn write_steps_and_markers(&mut self) -> Result<(), TxnFailure> {
+        // The batch's saga-log steps and handled markers, batched per partition: a few records
+        // per batch, not two per input.
         let markers = match &self.handled_topic {
             Some(topic) => crate::idempotency::marker_records(
                 topic,
                 self.batch_bytes,
-                self.markers.iter().map(Marker::handled),
+                markers.iter().map(Marker::handled),
             ),
             None => Vec::new(),
         };
-        self.markers.clear();
         let steps = crate::saga_log::batch_records(
             &self.saga_log_topic,
             self.saga_log_partitions,
             self.batch_bytes,
-            std::mem::take(&mut self.steps),
+            steps,
         );
         for record in markers.into_iter().chain(steps) {
             self.send(record)?;
+        }
+        if let Some(open) = &mut self.open {
+            open.extend(batch.offsets);
         }
         Ok(())
     }
@@ -2358,23 +2327,12 @@ impl Transactions {
         }
     }
 
-    /// Forgets the open transaction (it failed: its inputs are handled again).
-    fn discard_open(&mut self) {
-        self.open = None;
-        self.steps.clear();
-        self.markers.clear();
-    }
-
     /// Commits the open transaction: its input offsets, then (once every record written into
     /// it is acknowledged) the commit itself. Ok(None) when no transaction is open.
     fn commit_open(
         &mut self,
         consumer: &BaseConsumer<RuntimeContext>,
     ) -> Result<Option<HashMap<PartitionKey, i64>>, TxnFailure> {
-        if self.open.is_none() {
-            return Ok(None);
-        }
-        self.write_steps_and_markers()?;
         let Some(offsets) = self.open.take() else {
             return Ok(None);
         };
@@ -2677,7 +2635,7 @@ impl RuntimeContext {
             Ok(()) => return,
             Err(f) => f,
         };
-        txn.discard_open();
+        txn.open = None;
         let reason = match failure {
             TxnFailure::Fatal(reason) => reason,
             TxnFailure::Abort(reason) => {
@@ -2831,8 +2789,6 @@ impl ConsumerThread {
             producer: Arc::new(producer),
             producer_config: cc,
             book: TxnBook::default(),
-            steps: Vec::new(),
-            markers: Vec::new(),
             saga_log_topic: self.config.topic(&self.config.saga_log_topic),
             saga_log_partitions: self.saga_log_partitions,
             handled_topic: self.handled_log.as_ref().map(|(t, _)| t.clone()),
@@ -3077,7 +3033,7 @@ impl ConsumerThread {
                     let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
                     txn.book.start(seq, &topic, partition, offset, epoch);
                     if unhandled {
-                        txn.book.finish(seq, partition, epoch, TxnWork::default());
+                        txn.book.finish(seq, partition, epoch, Vec::new());
                     }
                 }
                 if unhandled {

@@ -16,9 +16,10 @@
 //!   "started_at": "…", "finished_at": "…", "error": null }
 //! ```
 //!
-//! Under load, runtimes batch their steps: the steps finished meanwhile (at-least-once), or in
-//! one transaction (exactly-once), that go to one partition share one record, whose value is a JSON array of steps (and which has no
-//! key); a lone step is a record of its own, keyed by its correlation ID. Either way a step is in
+//! Under load, runtimes batch their steps: the steps finished meanwhile (exactly-once: written
+//! into the transaction together) that go to one partition share one record, whose value is a
+//! JSON array of steps (and which has no key); a lone step is a record of its own, keyed by its
+//! correlation ID. Either way a step is in
 //! the partition of its correlation ID (`murmur2(correlation ID) % partitions`, the producer's
 //! partitioner), so a saga's steps are still read from one partition. Readers use
 //! [`decode_steps`], which takes both.
@@ -111,6 +112,37 @@ pub(crate) struct StepRef<'a> {
     pub dead_letter_reason: Option<&'a str>,
 }
 
+impl StepRef<'_> {
+    /// Room enough for the step's JSON (when no string needs escaping) with little to spare: the
+    /// runtime serializes into one allocation of this size, which may wait for its transaction.
+    pub(crate) fn json_capacity(&self) -> usize {
+        // Names, punctuation, the correlation ID, three times of up to 30 characters, the
+        // longest outcome, numbers of up to 20 digits and two `null`s.
+        const FIXED: usize = 480;
+        // `{"id":"","event_type":"","topic":""}` and a comma.
+        const PER_EMITTED: usize = 37;
+        let i = &self.input;
+        let strings = [
+            self.service,
+            self.instance,
+            i.id,
+            i.event_type,
+            i.source,
+            i.causation_id.unwrap_or_default(),
+            i.topic,
+            self.error.unwrap_or_default(),
+            self.dead_letter_reason.unwrap_or_default(),
+        ];
+        FIXED
+            + strings.iter().map(|s| s.len()).sum::<usize>()
+            + self
+                .emitted
+                .iter()
+                .map(|e| PER_EMITTED + e.id.len() + e.event_type.len() + e.topic.len())
+                .sum::<usize>()
+    }
+}
+
 /// The input of a [`StepRef`].
 #[derive(Serialize)]
 pub(crate) struct StepInputRef<'a> {
@@ -174,7 +206,8 @@ pub(crate) fn batch_records(
         let mut flush = |chunk: &mut Vec<&[u8]>| {
             let mut out = OutRecord::new(topic);
             out.partition = Some(partition);
-            out.payload = Some(batch_payload(chunk.drain(..)));
+            out.payload = Some(batch_payload(chunk));
+            chunk.clear();
             records.push(out);
         };
         for step in &steps {
@@ -193,10 +226,10 @@ pub(crate) fn batch_records(
 }
 
 /// A batch record's value: the steps' serialized records as a JSON array.
-pub(crate) fn batch_payload<'a>(steps: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
+pub(crate) fn batch_payload(steps: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(steps.iter().map(|s| s.len() + 1).sum::<usize>() + 1);
     out.push(b'[');
-    for (i, step) in steps.into_iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -243,7 +276,7 @@ mod tests {
         let one = serde_json::to_vec(&a).unwrap();
         assert_eq!(decode_steps(&one), vec![a.clone()]);
         let two = serde_json::to_vec(&b).unwrap();
-        let batch = batch_payload([one.as_slice(), two.as_slice()]);
+        let batch = batch_payload(&[one.as_slice(), two.as_slice()]);
         assert_eq!(decode_steps(&batch), vec![a, b]);
         assert!(decode_steps(b"not json").is_empty());
         assert!(decode_steps(b"[1, 2]").is_empty());
@@ -286,6 +319,12 @@ mod tests {
         };
         let json = serde_json::to_vec(&borrowed).unwrap();
         assert_eq!(json, serde_json::to_vec(&a).unwrap());
+        let room = borrowed.json_capacity();
+        assert!(
+            json.len() <= room && room <= json.len() + 128,
+            "{} bytes of JSON, {room} reserved",
+            json.len()
+        );
         assert_eq!(decode_steps(&json), vec![a]);
     }
 
@@ -298,9 +337,8 @@ mod tests {
             out.payload = Some(serde_json::to_vec(s).unwrap());
             out
         };
-        let partition = |s: &Step| {
-            crate::trace::partition_for_key(s.correlation_id.to_string().as_bytes(), 3)
-        };
+        let partition =
+            |s: &Step| crate::trace::partition_for_key(s.correlation_id.to_string().as_bytes(), 3);
         let size = serde_json::to_vec(&steps[39]).unwrap().len();
         // Three steps' worth per record at most.
         let records = batch_records("log", 3, 3 * size + 3, steps.iter().map(record));
@@ -324,7 +362,10 @@ mod tests {
         assert_eq!(lone.len(), 1);
         assert_eq!(lone[0].partition, Some(partition(&steps[0])));
         assert_eq!(lone[0].key, record(&steps[0]).key);
-        assert_eq!(batch_records("log", 0, 1 << 20, steps.iter().map(record)).len(), 40);
+        assert_eq!(
+            batch_records("log", 0, 1 << 20, steps.iter().map(record)).len(),
+            40
+        );
     }
 
     #[test]
