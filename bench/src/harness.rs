@@ -300,7 +300,7 @@ impl Monitor for Services<'_> {
         if let Some((dir, stem)) = self.profile.take() {
             std::fs::create_dir_all(&dir)?;
             for p in &self.procs {
-                let role = p.name.split_once('-').map(|(_, r)| r).unwrap_or(&p.name);
+                let role = p.name.rsplit_once('-').map(|(_, r)| r).unwrap_or(&p.name);
                 let out = dir.join(format!("{stem}-{role}.perf.data"));
                 let child = Command::new("perf")
                     .args([
@@ -338,7 +338,8 @@ impl Services<'_> {
     fn peak_rss(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let mut out = BTreeMap::new();
         for p in &self.procs {
-            let role = p.name.split_once('-').map(|(_, r)| r).unwrap_or(&p.name);
+            // `<implementation>-<role>`: role names have no `-`, implementation names may.
+            let role = p.name.rsplit_once('-').map(|(_, r)| r).unwrap_or(&p.name);
             out.insert(role.to_owned(), procs::peak_rss_mib(p.pid())?);
         }
         Ok(out)
