@@ -1154,7 +1154,7 @@ struct Worker<S> {
     tails: mpsc::UnboundedSender<Tail>,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
-    /// they go into a transaction).
+    /// they go into a transaction; batched records stay under it).
     max_message_bytes: usize,
     catalogue: Option<Arc<Catalogue>>,
     done: Mutex<std_mpsc::Sender<Completion>>,
@@ -1195,9 +1195,15 @@ impl Finish {
 /// At most this many inputs' tails per batch of the tail writer.
 const TAIL_BATCH: usize = 1000;
 
-/// At most about this many bytes of steps per batched saga-log record (well under the brokers'
-/// default `message.max.bytes`, 1 MB).
-const STEP_BATCH_BYTES: usize = 256 * 1024;
+/// At most about this many bytes of steps, or of handled markers, per batched record (well
+/// under the brokers' default `message.max.bytes`, 1 MB).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The size bound of batched records: [`BATCH_BYTES`], or less when the producer's
+/// `message.max.bytes` is lower (with headroom for the record's framing).
+fn batch_bytes(max_message_bytes: usize) -> usize {
+    BATCH_BYTES.min(max_message_bytes.saturating_sub(4096).max(1024))
+}
 
 /// The end of an input, at-least-once: written by the tail writer ([`Worker::write_tails`]),
 /// then the input is reported finished.
@@ -1219,9 +1225,6 @@ impl Marker {
         (self.partition, &self.event.source, &self.event.id)
     }
 }
-
-/// At most about this many bytes of handled markers per marker record.
-const MARKER_BATCH_BYTES: usize = 256 * 1024;
 
 enum Outcome {
     Handled {
@@ -1381,13 +1384,13 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             let steps = crate::saga_log::batch_records(
                 &this.saga_log_topic,
                 this.saga_log_partitions,
-                STEP_BATCH_BYTES,
+                batch_bytes(this.max_message_bytes),
                 batch.iter_mut().filter_map(|t| t.step.take()),
             );
             let markers = match &this.handled_log {
                 Some((topic, _)) => crate::idempotency::marker_records(
                     topic,
-                    MARKER_BATCH_BYTES,
+                    batch_bytes(this.max_message_bytes),
                     batch
                         .iter()
                         .filter_map(|t| t.marker.as_ref())
@@ -2792,13 +2795,7 @@ impl ConsumerThread {
             saga_log_topic: self.config.topic(&self.config.saga_log_topic),
             saga_log_partitions: self.saga_log_partitions,
             handled_topic: self.handled_log.as_ref().map(|(t, _)| t.clone()),
-            // Headroom under message.max.bytes for the record's framing.
-            batch_bytes: STEP_BATCH_BYTES.min(
-                self.config
-                    .max_message_bytes()
-                    .saturating_sub(4096)
-                    .max(1024),
-            ),
+            batch_bytes: batch_bytes(self.config.max_message_bytes()),
             committed: HashMap::new(),
             last_commit: Instant::now(),
             interval: self.options.commit_interval,
@@ -3140,6 +3137,13 @@ impl ConsumerThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_records_stay_under_the_producers_message_size() {
+        assert_eq!(batch_bytes(1_000_000), BATCH_BYTES);
+        assert_eq!(batch_bytes(100_000), 100_000 - 4096);
+        assert_eq!(batch_bytes(2_000), 1024);
+    }
 
     fn apply(vars: &[(&str, &str)]) -> Result<ServiceOptions, String> {
         let mut o = ServiceOptions::default();
