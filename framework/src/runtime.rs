@@ -729,7 +729,7 @@ impl Sink {
     fn into_items(self) -> Vec<TxnItem> {
         match self {
             Sink::Direct => Vec::new(),
-            Sink::Transaction(records) => records.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Sink::Transaction(items) => items.into_inner().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
