@@ -212,7 +212,9 @@ pub(crate) fn marker_records<'a>(
     };
     for (partition, source, id) in handled {
         let payload = by_partition.entry(partition).or_insert_with(|| vec![b'[']);
-        if payload.len() > 1 && payload.len() + source.len() + id.len() + 8 > max_bytes {
+        // With this pair, a comma and the closing bracket (no escapes): `["source","id"]` is
+        // 7 bytes more than its strings.
+        if payload.len() > 1 && payload.len() + source.len() + id.len() + 9 > max_bytes {
             let full = std::mem::replace(payload, vec![b'[']);
             records.push(close(partition, full));
         }
@@ -298,23 +300,19 @@ mod tests {
         );
         assert!(records.iter().all(|r| r.topic == "t.handled"));
 
-        // `["/s","id-0"]` is 13 bytes: a bound of 40 fits two per record, 20 one. None is lost,
-        // the order is kept, no record is over the bound.
+        // `["/s","id-0"]` is 13 bytes: a bound of 40 fits two per record, and so does 29 exactly
+        // (`[` + two pairs + `,` + `]`); 28 and 20 fit one. None is lost, the order is kept, no
+        // record is over the bound.
         let many: Vec<String> = (0..5).map(|i| format!("id-{i}")).collect();
-        let records = marker_records("t", 40, many.iter().map(|id| (1, "/s", id.as_str())));
-        assert_eq!(records.len(), 3);
-        let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
-        assert_eq!(ids, many);
-        assert!(records
-            .iter()
-            .all(|r| r.payload.as_ref().unwrap().len() <= 40));
-        let records = marker_records("t", 20, many.iter().map(|id| (1, "/s", id.as_str())));
-        assert_eq!(records.len(), 5);
-        let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
-        assert_eq!(ids, many);
-        assert!(records
-            .iter()
-            .all(|r| r.payload.as_ref().unwrap().len() <= 40));
+        for (bound, expected) in [(40, 3), (29, 3), (28, 5), (20, 5)] {
+            let records = marker_records("t", bound, many.iter().map(|id| (1, "/s", id.as_str())));
+            assert_eq!(records.len(), expected, "bound {bound}");
+            let ids: Vec<String> = records.iter().flat_map(pairs).map(|(_, id)| id).collect();
+            assert_eq!(ids, many);
+            assert!(records
+                .iter()
+                .all(|r| r.payload.as_ref().unwrap().len() <= bound));
+        }
     }
 
     #[test]

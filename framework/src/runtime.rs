@@ -911,6 +911,12 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let changelog = self.prepare_saga_state(&inputs).await?;
         let store = changelog.as_ref().map(|_| SagaStore::default());
         let handled_log = self.prepare_handled(&inputs).await?;
+        let batching = TailBatching {
+            saga_log_topic: saga_log.clone(),
+            saga_log_partitions,
+            handled_topic: handled_log.as_ref().map(|(t, _)| t.clone()),
+            batch_bytes: batch_bytes(self.config.max_message_bytes()),
+        };
 
         let (job_tx, job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
         let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
@@ -929,7 +935,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             config: self.config.clone(),
             topics: inputs.clone(),
             input_partitions,
-            saga_log_partitions,
+            batching: batching.clone(),
             saga_state: changelog.clone().zip(store.clone()),
             handled_log: handled_log.clone(),
             handled,
@@ -960,8 +966,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             dead_letter_suffix: self.options.dead_letter_suffix.clone(),
             delivery_timeout: self.config.delivery_timeout,
             topic_prefix: self.config.topic_prefix.clone(),
-            saga_log_topic: self.config.topic(&self.config.saga_log_topic),
-            saga_log_partitions,
+            batching,
             saga_state: changelog.zip(store),
             tails: tail_tx,
             handled_log,
@@ -1141,9 +1146,8 @@ struct Worker<S> {
     dead_letter_suffix: String,
     delivery_timeout: Duration,
     topic_prefix: String,
-    saga_log_topic: String,
-    /// The saga log's partition count (0 when unknown: steps are then not batched).
-    saga_log_partitions: usize,
+    /// Where steps and markers go, and how they are batched.
+    batching: TailBatching,
     /// The changelog topic and the in-memory store, when the service keeps saga state.
     saga_state: Option<(String, SagaStore)>,
     /// The handled-marker topic and the in-memory log, when idempotency is on.
@@ -1154,7 +1158,7 @@ struct Worker<S> {
     tails: mpsc::UnboundedSender<Tail>,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
-    /// they go into a transaction; batched records stay under it).
+    /// they go into a transaction).
     max_message_bytes: usize,
     catalogue: Option<Arc<Catalogue>>,
     done: Mutex<std_mpsc::Sender<Completion>>,
@@ -1203,6 +1207,43 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// `message.max.bytes` is lower (with headroom for the record's framing).
 fn batch_bytes(max_message_bytes: usize) -> usize {
     BATCH_BYTES.min(max_message_bytes.saturating_sub(4096).max(1024))
+}
+
+/// How the saga-log steps and handled markers of finished inputs become records, in both
+/// modes: batched per partition, each record under [`batch_bytes`].
+#[derive(Clone)]
+struct TailBatching {
+    saga_log_topic: String,
+    /// The saga log's partition count (0 when unknown or off: steps are then not batched).
+    saga_log_partitions: usize,
+    /// The handled-marker topic, when idempotency is on.
+    handled_topic: Option<String>,
+    batch_bytes: usize,
+}
+
+impl TailBatching {
+    /// The marker records and the step records of a batch of finished inputs.
+    fn records<'a>(
+        &self,
+        steps: impl IntoIterator<Item = OutRecord>,
+        markers: impl IntoIterator<Item = &'a Marker>,
+    ) -> (Vec<OutRecord>, Vec<OutRecord>) {
+        let markers = match &self.handled_topic {
+            Some(topic) => crate::idempotency::marker_records(
+                topic,
+                self.batch_bytes,
+                markers.into_iter().map(Marker::handled),
+            ),
+            None => Vec::new(),
+        };
+        let steps = crate::saga_log::batch_records(
+            &self.saga_log_topic,
+            self.saga_log_partitions,
+            self.batch_bytes,
+            steps,
+        );
+        (markers, steps)
+    }
 }
 
 /// The end of an input, at-least-once: written by the tail writer ([`Worker::write_tails`]),
@@ -1381,23 +1422,10 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                     Err(_) => break,
                 }
             }
-            let steps = crate::saga_log::batch_records(
-                &this.saga_log_topic,
-                this.saga_log_partitions,
-                batch_bytes(this.max_message_bytes),
-                batch.iter_mut().filter_map(|t| t.step.take()),
-            );
-            let markers = match &this.handled_log {
-                Some((topic, _)) => crate::idempotency::marker_records(
-                    topic,
-                    batch_bytes(this.max_message_bytes),
-                    batch
-                        .iter()
-                        .filter_map(|t| t.marker.as_ref())
-                        .map(Marker::handled),
-                ),
-                None => Vec::new(),
-            };
+            let steps: Vec<OutRecord> = batch.iter_mut().filter_map(|t| t.step.take()).collect();
+            let (markers, steps) = this
+                .batching
+                .records(steps, batch.iter().filter_map(|t| t.marker.as_ref()));
             let marker_writes = markers.into_iter().map(|out| async move {
                 let partition = out.partition.unwrap_or_default();
                 if let Err(e) = this.write(&Sink::Direct, out, "handled marker").await {
@@ -1712,7 +1740,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             .as_uuid()
             .hyphenated()
             .encode_lower(&mut key);
-        let mut out = OutRecord::new(&self.saga_log_topic);
+        let mut out = OutRecord::new(&self.batching.saga_log_topic);
         out.key = Some(key.to_vec());
         let mut payload = Vec::with_capacity(record.json_capacity());
         if serde_json::to_writer(&mut payload, &record).is_err() {
@@ -2057,8 +2085,8 @@ struct ConsumerThread {
     topics: Vec<String>,
     /// Partitions of all input topics together.
     input_partitions: usize,
-    /// The saga log's partition count (0 when unknown or off), to batch steps per partition.
-    saga_log_partitions: usize,
+    /// How exactly-once transactions batch steps and markers.
+    batching: TailBatching,
     handled: HashSet<&'static str>,
     saga_state: Option<(String, SagaStore)>,
     handled_log: Option<(String, HandledLog)>,
@@ -2081,12 +2109,8 @@ struct Transactions {
     /// The producer's settings, to make a new one after a failure the old one cannot leave.
     producer_config: rdkafka::ClientConfig,
     book: TxnBook<Vec<TxnItem>>,
-    /// Where the saga-log steps and handled markers go, batched per partition.
-    saga_log_topic: String,
-    saga_log_partitions: usize,
-    handled_topic: Option<String>,
-    /// At most about this many bytes of steps or markers per record.
-    batch_bytes: usize,
+    /// How the saga-log steps and handled markers are batched.
+    batching: TailBatching,
     /// Input offsets committed by this instance's transactions, by partition.
     committed: HashMap<PartitionKey, i64>,
     last_commit: Instant,
@@ -2284,20 +2308,7 @@ impl Transactions {
         }
         // The batch's saga-log steps and handled markers, batched per partition: a few records
         // per batch, not two per input.
-        let markers = match &self.handled_topic {
-            Some(topic) => crate::idempotency::marker_records(
-                topic,
-                self.batch_bytes,
-                markers.iter().map(Marker::handled),
-            ),
-            None => Vec::new(),
-        };
-        let steps = crate::saga_log::batch_records(
-            &self.saga_log_topic,
-            self.saga_log_partitions,
-            self.batch_bytes,
-            steps,
-        );
+        let (markers, steps) = self.batching.records(steps, &markers);
         for record in markers.into_iter().chain(steps) {
             self.send(record)?;
         }
@@ -2792,10 +2803,7 @@ impl ConsumerThread {
             producer: Arc::new(producer),
             producer_config: cc,
             book: TxnBook::default(),
-            saga_log_topic: self.config.topic(&self.config.saga_log_topic),
-            saga_log_partitions: self.saga_log_partitions,
-            handled_topic: self.handled_log.as_ref().map(|(t, _)| t.clone()),
-            batch_bytes: batch_bytes(self.config.max_message_bytes()),
+            batching: self.batching.clone(),
             committed: HashMap::new(),
             last_commit: Instant::now(),
             interval: self.options.commit_interval,

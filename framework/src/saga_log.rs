@@ -19,10 +19,9 @@
 //! Under load, runtimes batch their steps: the steps finished meanwhile (exactly-once: written
 //! into the transaction together) that go to one partition share one record, whose value is a
 //! JSON array of steps (and which has no key); a lone step is a record of its own, keyed by its
-//! correlation ID. Either way a step is in
-//! the partition of its correlation ID (`murmur2(correlation ID) % partitions`, the producer's
-//! partitioner), so a saga's steps are still read from one partition. Readers use
-//! [`decode_steps`], which takes both.
+//! correlation ID. Either way a step is in the partition of its correlation ID
+//! (`murmur2(correlation ID) % partitions`, the producer's partitioner), so a saga's steps are
+//! still read from one partition. Readers use [`decode_steps`], which takes both.
 //!
 //! `outcome` is `handled`, `retried` (one record per failed attempt that will be retried),
 //! `dead-lettered` (with `error` and `dead_letter_reason`), `skipped` (a structured-mode
