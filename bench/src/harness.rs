@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::driver::{Driver, Monitor, Pace};
 use crate::model::{Implementation, Mode, Workload};
 use crate::procs::{self, Broker, ServiceProcess};
-use crate::report::{self, Percentiles, Run};
+use crate::report::{self, LogRecords, Percentiles, Run};
 use crate::RunArgs;
 
 /// Everything written to the JSON file.
@@ -376,12 +376,23 @@ fn measure_one(
     c: Config<'_>,
     bar: &ProgressBar,
 ) -> anyhow::Result<Run> {
-    let topics: Vec<String> = c
+    let mut topics: Vec<String> = c
         .workload
         .topics()
         .iter()
         .map(|t| format!("{}{t}", c.prefix))
         .collect();
+    if c.implementation == Implementation::RawLogged {
+        // Where its steps and markers go (the framework's services create theirs themselves).
+        topics.push(format!(
+            "{}{}",
+            c.prefix,
+            choreograph::saga_log::DEFAULT_TOPIC
+        ));
+        for role in c.workload.roles() {
+            topics.push(format!("{}{}.handled", c.prefix, role.name()));
+        }
+    }
     create_topics(rt, admin, &topics, args.partitions)?;
     let load_before = load_average();
 
@@ -556,6 +567,11 @@ fn measure_one(
             terminal_records: duplicates.records,
             duplicate_terminal_sagas: duplicates.sagas,
             duplicate_terminal_ce_ids: duplicates.ids,
+            log_records: log_records(
+                admin,
+                &c,
+                (args.warmup_sagas + args.latency_sagas + args.sagas) as u64,
+            ),
         })
     })();
     let failed = result.is_err();
@@ -566,6 +582,48 @@ fn measure_one(
         p.stop(Duration::from_secs(10));
     }
     result
+}
+
+/// The saga-log and handled-marker records written over a configuration, for the
+/// implementations that write them (`None` for the others, or when the broker does not say).
+fn log_records(
+    admin: &AdminClient<DefaultClientContext>,
+    c: &Config<'_>,
+    sagas: u64,
+) -> Option<LogRecords> {
+    if !matches!(
+        c.implementation,
+        Implementation::Choreograph | Implementation::RawLogged
+    ) {
+        return None;
+    }
+    let records = |topic: &str| -> Option<u64> {
+        let timeout = Duration::from_secs(10);
+        let metadata = admin.inner().fetch_metadata(Some(topic), timeout).ok()?;
+        let partitions = metadata.topics().first()?.partitions().len();
+        (0..partitions as i32)
+            .map(|p| {
+                let (low, high) = admin.inner().fetch_watermarks(topic, p, timeout).ok()?;
+                Some((high - low).max(0) as u64)
+            })
+            .sum()
+    };
+    let saga_log_records = records(&format!(
+        "{}{}",
+        c.prefix,
+        choreograph::saga_log::DEFAULT_TOPIC
+    ))?;
+    let handled_records = c
+        .workload
+        .roles()
+        .iter()
+        .map(|r| records(&format!("{}{}.handled", c.prefix, r.name())))
+        .sum::<Option<u64>>()?;
+    Some(LogRecords {
+        inputs: sagas * c.workload.inputs_per_saga(),
+        saga_log_records,
+        handled_records,
+    })
 }
 
 fn create_topics(

@@ -2,8 +2,8 @@
 //! broker, in the same run. See `bench/README.md`.
 //!
 //! `choreograph-bench [OPTIONS]` runs the harness; `choreograph-bench service ...` (hidden) is
-//! one service process of the "choreograph" or "raw" implementation, in one delivery mode,
-//! started by the harness.
+//! one service process of a Rust implementation (choreograph, choreograph-bare, raw,
+//! raw-logged), in one delivery mode, started by the harness.
 
 mod driver;
 mod harness;
@@ -61,7 +61,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "choreograph,choreograph-bare,raw,watermill"
+        default_value = "choreograph,choreograph-bare,raw,raw-logged,watermill"
     )]
     pub impls: Vec<Implementation>,
     /// Workloads to measure, comma-separated.
@@ -204,8 +204,15 @@ fn serve(s: ServiceArgs) -> anyhow::Result<()> {
         .init();
     match s.implementation {
         Implementation::Choreograph | Implementation::ChoreographBare => svc_choreograph::run(&s),
-        Implementation::Raw => match s.mode {
-            Mode::AtLeastOnce => svc_raw::run(s.role, &s.brokers, &s.prefix, &s.properties),
+        Implementation::Raw | Implementation::RawLogged => match s.mode {
+            Mode::AtLeastOnce => svc_raw::run(
+                s.role,
+                &s.brokers,
+                &s.prefix,
+                &s.instance_id,
+                &s.properties,
+                s.implementation == Implementation::RawLogged,
+            ),
             Mode::ExactlyOnce => svc_raw::run_exactly_once(
                 s.role,
                 &s.brokers,

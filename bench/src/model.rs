@@ -147,6 +147,15 @@ impl Workload {
         }
     }
 
+    /// Events the services handle per saga (each one input of one service).
+    pub fn inputs_per_saga(self) -> u64 {
+        match self {
+            // activity: registered, coupon issued, points granted; coupon and points: enrolled.
+            Workload::Registration => 5,
+            Workload::Chain => 2,
+        }
+    }
+
     /// Topic and type of the start event.
     pub fn start(self) -> (&'static str, &'static str) {
         match self {
@@ -229,6 +238,11 @@ pub enum Implementation {
     ChoreographBare,
     /// The same directly on rdkafka: hand-written consume → produce → commit loops (either mode).
     Raw,
+    /// Raw's at-least-once loop that also writes the framework's saga-log steps and handled
+    /// markers (same formats, same batching): what the client's limit is for the durable work
+    /// the framework does by default. At-least-once only.
+    #[serde(rename = "raw-logged")]
+    RawLogged,
     /// Go, Watermill router + watermill-kafka (Sarama); at-least-once only.
     Watermill,
 }
@@ -239,6 +253,7 @@ impl Implementation {
             Implementation::Choreograph => "choreograph",
             Implementation::ChoreographBare => "choreograph-bare",
             Implementation::Raw => "raw",
+            Implementation::RawLogged => "raw-logged",
             Implementation::Watermill => "watermill",
         }
     }
@@ -281,6 +296,9 @@ impl Implementation {
         match (self, mode) {
             (Implementation::Watermill, Mode::ExactlyOnce) => Some(
                 "not available: Watermill's Kafka Pub/Sub (watermill-kafka on Sarama) has no transactions",
+            ),
+            (Implementation::RawLogged, Mode::ExactlyOnce) => Some(
+                "not measured: raw-logged (raw plus the saga log and handled markers) is an at-least-once baseline",
             ),
             _ => None,
         }

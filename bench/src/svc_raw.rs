@@ -15,6 +15,10 @@
 //!   Processing is one task on a current-thread runtime; the acknowledgements are awaited by a
 //!   second task, so produce calls never wait on the broker.
 //!
+//! **raw-logged** ([`run`] with `logged`): the at-least-once loop that also writes the
+//! framework's saga-log steps and handled markers, by hand ([`DurableLog`]): the client's limit
+//! for the durable work the framework does by default.
+//!
 //! **Exactly-once** ([`run_exactly_once`]): one plain thread, a `BaseConsumer`
 //! (`isolation.level=read_committed`, `enable.auto.commit=false`) and a transactional
 //! `BaseProducer` (`transactional.id` = `<group>.<instance>`, the framework's scheme), in
@@ -54,12 +58,18 @@ use crate::model::*;
 /// the framework's default per partition (1000) times the 6 partitions of an input topic.
 const MAX_IN_FLIGHT: usize = 6_000;
 
-/// An input record whose output is on its way.
-struct Pending {
-    topic: usize,
-    partition: i32,
-    offset: i64,
-    delivery: Option<DeliveryFuture>,
+/// What the acknowledgement task waits for, in consume order.
+enum Pending {
+    /// An input record whose output is on its way.
+    Input {
+        topic: usize,
+        partition: i32,
+        offset: i64,
+        delivery: Option<DeliveryFuture>,
+    },
+    /// `raw-logged`: the saga-log and handled-marker records of every input before this entry
+    /// (since the previous one); those inputs count as finished once these are acknowledged.
+    Log(Vec<DeliveryFuture>),
 }
 
 /// One output record, before its envelope.
@@ -251,6 +261,10 @@ struct Attributes<'a> {
     id: Option<&'a [u8]>,
     correlation_id: Option<&'a [u8]>,
     traceparent: Option<&'a str>,
+    /// `raw-logged` only (its saga-log steps and markers say them).
+    source: Option<&'a [u8]>,
+    time: Option<&'a [u8]>,
+    causation_id: Option<&'a [u8]>,
 }
 
 fn attributes<'a, M: Message>(m: &'a M) -> Attributes<'a> {
@@ -262,6 +276,9 @@ fn attributes<'a, M: Message>(m: &'a M) -> Attributes<'a> {
                 "ce_id" => a.id = h.value,
                 "ce_correlationid" => a.correlation_id = h.value,
                 "traceparent" => a.traceparent = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+                "ce_source" => a.source = h.value,
+                "ce_time" => a.time = h.value,
+                "ce_causationid" => a.causation_id = h.value,
                 _ => {}
             }
         }
@@ -291,7 +308,7 @@ fn envelope(
     correlation_id: &[u8],
     causation_id: Option<&[u8]>,
     traceparent: Option<&str>,
-) -> OwnedHeaders {
+) -> (OwnedHeaders, String) {
     let id = uuid::Uuid::now_v7().hyphenated().to_string();
     let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut h = OwnedHeaders::new_with_capacity(9)
@@ -335,20 +352,23 @@ fn envelope(
             value: Some(&child),
         });
     }
-    h
+    (h, id)
 }
 
-/// Runs one service until SIGINT/SIGTERM.
+/// Runs one service until SIGINT/SIGTERM; with `logged` (`raw-logged`), it also writes the
+/// framework's saga-log steps and handled markers ([`DurableLog`]).
 pub fn run(
     role: Role,
     brokers: &str,
     prefix: &str,
+    instance: &str,
     properties: &[(String, String)],
+    logged: bool,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(role, brokers, prefix, properties))
+    rt.block_on(serve(role, brokers, prefix, instance, properties, logged))
 }
 
 /// A client configuration: the pass-through properties, then `defaults` unless overridden,
@@ -379,7 +399,9 @@ async fn serve(
     role: Role,
     brokers: &str,
     prefix: &str,
+    instance: &str,
     properties: &[(String, String)],
+    logged: bool,
 ) -> anyhow::Result<()> {
     let inputs: Vec<String> = Logic::inputs(role)
         .iter()
@@ -426,23 +448,63 @@ async fn serve(
     .context("creating the producer")?;
     let source = format!("/services/{}", role.name());
     let mut logic = Logic::new(role, prefix);
+    let mut log = if logged {
+        Some(DurableLog::new(&producer, role, prefix, instance)?)
+    } else {
+        None
+    };
 
-    // Acknowledgements, awaited in consume order; then the input offset is stored.
+    // Acknowledgements, awaited in consume order; then the input offset is stored (raw-logged:
+    // once the log records written after the input are acknowledged too).
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    // raw-logged: one batch of log records in flight at a time, as the framework's tail writer
+    // (the inputs taken meanwhile go into the next batch); told when it is acknowledged.
+    let log_acked = Arc::new(tokio::sync::Notify::new());
+    let log_idle = Arc::new(AtomicBool::new(true));
     let acker = {
         let consumer = consumer.clone();
         let inputs = inputs.clone();
+        let (log_acked, log_idle) = (log_acked.clone(), log_idle.clone());
         tokio::spawn(async move {
+            let acknowledged = |d: DeliveryFuture| async move {
+                match d.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(anyhow!("a record was not acknowledged: {e}")),
+                    Err(_) => Err(anyhow!("the producer went away")),
+                }
+            };
+            // raw-logged: inputs whose outputs are acknowledged, waiting for their log records.
+            let mut logging: Vec<(usize, i32, i64)> = Vec::new();
             while let Some(p) = pending_rx.recv().await {
-                if let Some(d) = p.delivery {
-                    match d.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => bail!("an output was not acknowledged: {e}"),
-                        Err(_) => bail!("the producer went away"),
+                match p {
+                    Pending::Input {
+                        topic,
+                        partition,
+                        offset,
+                        delivery,
+                    } => {
+                        if let Some(d) = delivery {
+                            acknowledged(d).await?;
+                        }
+                        if logged {
+                            logging.push((topic, partition, offset));
+                        } else {
+                            // Fails with __STATE only when the partition was revoked
+                            // meanwhile: benign.
+                            let _ = consumer.store_offset(&inputs[topic], partition, offset);
+                        }
+                    }
+                    Pending::Log(deliveries) => {
+                        for d in deliveries {
+                            acknowledged(d).await?;
+                        }
+                        for (topic, partition, offset) in logging.drain(..) {
+                            let _ = consumer.store_offset(&inputs[topic], partition, offset);
+                        }
+                        log_idle.store(true, Ordering::SeqCst);
+                        log_acked.notify_one();
                     }
                 }
-                // Fails with __STATE only when the partition was revoked meanwhile: benign.
-                let _ = consumer.store_offset(&inputs[p.topic], p.partition, p.offset);
             }
             anyhow::Ok(())
         })
@@ -451,9 +513,38 @@ async fn serve(
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        let message = tokio::select! {
-            m = consumer.recv() => m,
-            _ = &mut stop => break,
+        // raw-logged: the log records of the inputs taken so far go out once the previous
+        // batch is acknowledged and no record is ready at once (or the batch is full).
+        let logged_inputs = log.as_ref().map_or(0, |l| l.inputs);
+        let idle = log_idle.load(Ordering::SeqCst);
+        let message = if let Some(l) = log.as_mut().filter(|l| l.inputs > 0 && idle) {
+            let ready = if l.inputs >= LOG_BATCH_INPUTS {
+                None
+            } else {
+                futures::FutureExt::now_or_never(consumer.recv())
+            };
+            match ready {
+                Some(m) => m,
+                None => {
+                    log_idle.store(false, Ordering::SeqCst);
+                    let deliveries = l.flush(&producer).await?;
+                    if pending_tx.send(Pending::Log(deliveries)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        } else if logged_inputs > 0 {
+            tokio::select! {
+                m = consumer.recv() => m,
+                _ = log_acked.notified() => continue,
+                _ = &mut stop => break,
+            }
+        } else {
+            tokio::select! {
+                m = consumer.recv() => m,
+                _ = &mut stop => break,
+            }
         };
         let m = match message {
             Ok(m) => m,
@@ -469,27 +560,40 @@ async fn serve(
         let delivery = match (attrs.event_type, attrs.correlation_id) {
             (Some(event_type), Some(correlation_id)) => {
                 let key = m.key().unwrap_or(correlation_id);
+                let started_at = Utc::now();
                 match logic.handle(event_type, key, m.payload().unwrap_or_default()) {
                     Ok(Some(o)) => {
-                        let headers = envelope(
+                        let (headers, id) = envelope(
                             &source,
                             o.event_type,
                             correlation_id,
                             attrs.id,
                             attrs.traceparent,
                         );
-                        Some(
-                            send(
-                                &producer,
-                                FutureRecord::to(&logic.outputs[o.topic])
-                                    .key(key)
-                                    .payload(&o.data)
-                                    .headers(headers),
-                            )
-                            .await?,
+                        let delivery = send(
+                            &producer,
+                            FutureRecord::to(&logic.outputs[o.topic])
+                                .key(key)
+                                .payload(&o.data)
+                                .headers(headers),
                         )
+                        .await?;
+                        if let Some(log) = &mut log {
+                            let emitted = Emitted {
+                                id: &id,
+                                event_type: o.event_type,
+                                topic: &logic.outputs[o.topic],
+                            };
+                            log.record(&m, &attrs, started_at, Some(emitted))?;
+                        }
+                        Some(delivery)
                     }
-                    Ok(None) => None,
+                    Ok(None) => {
+                        if let Some(log) = &mut log {
+                            log.record(&m, &attrs, started_at, None)?;
+                        }
+                        None
+                    }
                     Err(e) => {
                         eprintln!("raw {}: skipping {}: {e:#}", role.name(), m.offset());
                         None
@@ -498,7 +602,12 @@ async fn serve(
             }
             _ => None,
         };
-        let p = Pending {
+        if let Some(log) = log.as_mut().filter(|_| delivery.is_none()) {
+            // Committed after the next log batch like the inputs before it (an input without
+            // a step still needs one to pass).
+            log.inputs = log.inputs.max(1);
+        }
+        let p = Pending::Input {
             topic,
             partition: m.partition(),
             offset: m.offset(),
@@ -510,6 +619,10 @@ async fn serve(
         }
     }
     // Finish in-flight work, commit it, leave.
+    if let Some(log) = log.as_mut().filter(|l| l.inputs > 0) {
+        let deliveries = log.flush(&producer).await?;
+        let _ = pending_tx.send(Pending::Log(deliveries)).await;
+    }
     drop(pending_tx);
     acker
         .await
@@ -523,6 +636,219 @@ async fn serve(
     })
     .await?;
     Ok(())
+}
+
+/// `raw-logged`: inputs per batch of log records at most (the framework's tail-writer batch).
+const LOG_BATCH_INPUTS: usize = 1000;
+
+/// `raw-logged`: bytes of steps, or of markers, per batched record at most (the framework's
+/// bound under the default `message.max.bytes`).
+const LOG_BATCH_BYTES: usize = 256 * 1024;
+
+/// `raw-logged`: the framework's saga-log steps and handled markers, written by hand in the same
+/// formats and batching, so that the raw loop does the same durable work as the framework: one
+/// step per input in `<prefix>choreograph.saga-log` (a JSON array of steps per saga-log
+/// partition, the partition chosen from the correlation ID as the Java clients do), and one
+/// `[source, id]` pair per input in `<prefix><service>.handled` (a JSON array per input
+/// partition number). Records are written after the inputs' outputs, and an input is committed
+/// only when they are acknowledged, as in the framework.
+struct DurableLog {
+    saga_log: String,
+    handled: String,
+    service: &'static str,
+    instance: String,
+    /// Per saga-log partition: its open JSON array of steps (empty: none yet).
+    steps: Vec<Vec<u8>>,
+    /// Per input partition number: its open JSON array of `[source, id]` pairs.
+    markers: std::collections::BTreeMap<i32, Vec<u8>>,
+    /// Records closed because they were full, not yet written.
+    full: Vec<(String, i32, Vec<u8>)>,
+    /// Inputs recorded since the last flush.
+    inputs: usize,
+}
+
+/// An event a step emitted (the framework's `Emitted`, borrowed).
+#[derive(serde::Serialize)]
+struct Emitted<'a> {
+    id: &'a str,
+    event_type: &'a str,
+    topic: &'a str,
+}
+
+/// The input of a step (the framework's `StepInput`, borrowed).
+#[derive(serde::Serialize)]
+struct StepInput<'a> {
+    id: &'a str,
+    event_type: &'a str,
+    source: &'a str,
+    causation_id: Option<&'a str>,
+    time: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// A saga-log step: the same JSON as the framework's `saga_log::Step`.
+#[derive(serde::Serialize)]
+struct Step<'a> {
+    version: u32,
+    correlation_id: &'a str,
+    service: &'a str,
+    instance: &'a str,
+    input: StepInput<'a>,
+    outcome: &'a str,
+    attempts: u32,
+    emitted: &'a [Emitted<'a>],
+    started_at: chrono::DateTime<Utc>,
+    finished_at: chrono::DateTime<Utc>,
+    error: Option<&'a str>,
+    dead_letter_reason: Option<&'a str>,
+}
+
+fn text(v: Option<&[u8]>) -> &str {
+    v.and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or_default()
+}
+
+impl DurableLog {
+    fn new(
+        producer: &FutureProducer,
+        role: Role,
+        prefix: &str,
+        instance: &str,
+    ) -> anyhow::Result<Self> {
+        let saga_log = format!("{prefix}{}", choreograph::saga_log::DEFAULT_TOPIC);
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&saga_log), Duration::from_secs(10))
+            .with_context(|| format!("reading the partitions of `{saga_log}`"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+            .with_context(|| format!("`{saga_log}` has no partitions"))?;
+        Ok(Self::with_partitions(role, prefix, instance, partitions))
+    }
+
+    fn with_partitions(role: Role, prefix: &str, instance: &str, partitions: usize) -> Self {
+        Self {
+            saga_log: format!("{prefix}{}", choreograph::saga_log::DEFAULT_TOPIC),
+            handled: format!("{prefix}{}.handled", role.name()),
+            service: role.name(),
+            instance: instance.to_owned(),
+            steps: vec![Vec::new(); partitions],
+            markers: Default::default(),
+            full: Vec::new(),
+            inputs: 0,
+        }
+    }
+
+    /// Closes every open array; returns all records (topic, partition, JSON array).
+    fn take_records(&mut self) -> Vec<(String, i32, Vec<u8>)> {
+        let mut records = std::mem::take(&mut self.full);
+        for (p, array) in self.steps.iter_mut().enumerate() {
+            if !array.is_empty() {
+                array.push(b']');
+                records.push((self.saga_log.clone(), p as i32, std::mem::take(array)));
+            }
+        }
+        for (p, array) in &mut self.markers {
+            if !array.is_empty() {
+                array.push(b']');
+                records.push((self.handled.clone(), *p, std::mem::take(array)));
+            }
+        }
+        self.inputs = 0;
+        records
+    }
+
+    /// Appends `item` to `array` (opening it), first closing it as a full record of
+    /// `topic`/`partition` when `item` would take it over [`LOG_BATCH_BYTES`].
+    fn append(
+        full: &mut Vec<(String, i32, Vec<u8>)>,
+        topic: &str,
+        partition: i32,
+        array: &mut Vec<u8>,
+        item: &[u8],
+    ) {
+        if !array.is_empty() && array.len() + item.len() + 2 > LOG_BATCH_BYTES {
+            array.push(b']');
+            full.push((topic.to_owned(), partition, std::mem::take(array)));
+        }
+        array.push(if array.is_empty() { b'[' } else { b',' });
+        array.extend_from_slice(item);
+    }
+
+    /// Records an input handled: its step and its marker.
+    fn record<M: Message>(
+        &mut self,
+        m: &M,
+        attrs: &Attributes<'_>,
+        started_at: chrono::DateTime<Utc>,
+        emitted: Option<Emitted<'_>>,
+    ) -> anyhow::Result<()> {
+        let correlation_id = text(attrs.correlation_id);
+        let (id, source) = (text(attrs.id), text(attrs.source));
+        let step = Step {
+            version: 1,
+            correlation_id,
+            service: self.service,
+            instance: &self.instance,
+            input: StepInput {
+                id,
+                event_type: attrs.event_type.unwrap_or_default(),
+                source,
+                causation_id: attrs.causation_id.and_then(|v| std::str::from_utf8(v).ok()),
+                time: text(attrs.time),
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            outcome: "handled",
+            attempts: 1,
+            emitted: emitted.as_slice(),
+            started_at,
+            finished_at: Utc::now(),
+            error: None,
+            dead_letter_reason: None,
+        };
+        let json = serde_json::to_vec(&step)?;
+        let p = choreograph::trace::partition_for_key(
+            correlation_id.as_bytes(),
+            self.steps.len() as i32,
+        );
+        Self::append(
+            &mut self.full,
+            &self.saga_log,
+            p,
+            &mut self.steps[p as usize],
+            &json,
+        );
+        let pair = serde_json::to_vec(&(source, id))?;
+        let array = self.markers.entry(m.partition()).or_default();
+        Self::append(&mut self.full, &self.handled, m.partition(), array, &pair);
+        self.inputs += 1;
+        Ok(())
+    }
+
+    /// Writes every open and full record; returns their acknowledgements.
+    async fn flush(&mut self, producer: &FutureProducer) -> anyhow::Result<Vec<DeliveryFuture>> {
+        let records = self.take_records();
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (topic, partition, payload) in &records {
+            deliveries.push(
+                send(
+                    producer,
+                    FutureRecord::<[u8], Vec<u8>>::to(topic)
+                        .partition(*partition)
+                        .payload(payload),
+                )
+                .await?,
+            );
+        }
+        Ok(deliveries)
+    }
 }
 
 /// Enqueues one record, waiting while librdkafka's queue is full.
@@ -818,7 +1144,7 @@ pub fn run_exactly_once(
             let key = m.key().unwrap_or(correlation_id);
             match logic.handle(event_type, key, m.payload().unwrap_or_default()) {
                 Ok(Some(o)) => {
-                    let headers = envelope(
+                    let (headers, _) = envelope(
                         &source,
                         o.event_type,
                         correlation_id,
@@ -858,4 +1184,107 @@ pub fn run_exactly_once(
     }
     eos.consumer.unsubscribe();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    /// `raw-logged` writes what the framework's trace reads: its steps decode as saga-log steps
+    /// and its markers as `[source, id]` pairs, batched per partition under the size bound.
+    #[test]
+    fn raw_logged_steps_and_markers_are_the_frameworks_formats() {
+        let saga = "0190f5b4-6c1a-7cc3-9e51-3f1b7c2d4e5f";
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_id",
+                value: Some("in-1"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(ChainStarted::TYPE),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("/driver"),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some("2026-11-25T10:00:00.000001Z"),
+            })
+            .insert(Header {
+                key: "ce_correlationid",
+                value: Some(saga),
+            });
+        let message = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(saga.as_bytes().to_vec()),
+            "p.chain.started".into(),
+            Timestamp::NotAvailable,
+            4,
+            17,
+            Some(headers),
+        );
+        let attrs = attributes(&message);
+        let mut log = DurableLog::with_partitions(Role::Svc1, "p.", "svc1-1", 6);
+        let emitted = Emitted {
+            id: "out-1",
+            event_type: ChainContinued::TYPE,
+            topic: "p.chain.continued",
+        };
+        log.record(&message, &attrs, Utc::now(), Some(emitted))
+            .unwrap();
+        log.record(&message, &attrs, Utc::now(), None).unwrap();
+        assert_eq!(log.inputs, 2);
+        let records = log.take_records();
+        assert_eq!(log.inputs, 0);
+        assert_eq!(records.len(), 2, "one step record, one marker record");
+
+        let (topic, partition, payload) = &records[0];
+        assert_eq!(topic, "p.choreograph.saga-log");
+        assert_eq!(
+            *partition,
+            choreograph::trace::partition_for_key(saga.as_bytes(), 6)
+        );
+        let steps = choreograph::saga_log::decode_steps(payload);
+        assert_eq!(steps.len(), 2);
+        let step = &steps[0];
+        assert_eq!(step.correlation_id.to_string(), saga);
+        assert_eq!(
+            (step.service.as_str(), step.instance.as_str()),
+            ("svc1", "svc1-1")
+        );
+        assert_eq!(step.input.id, "in-1");
+        assert_eq!(step.input.event_type, ChainStarted::TYPE);
+        assert_eq!(step.input.source, "/driver");
+        assert_eq!((step.input.partition, step.input.offset), (4, 17));
+        assert_eq!(step.outcome, choreograph::saga_log::StepOutcome::Handled);
+        assert_eq!(step.emitted.len(), 1);
+        assert_eq!(step.emitted[0].id, "out-1");
+        assert_eq!(step.emitted[0].topic, "p.chain.continued");
+        assert!(steps[1].emitted.is_empty());
+
+        let (topic, partition, payload) = &records[1];
+        assert_eq!((topic.as_str(), *partition), ("p.svc1.handled", 4));
+        let pairs: Vec<(String, String)> = serde_json::from_slice(payload).unwrap();
+        assert_eq!(pairs, vec![("/driver".into(), "in-1".into()); 2]);
+    }
+
+    #[test]
+    fn raw_logged_records_stay_under_the_batch_bound() {
+        let mut full = Vec::new();
+        let mut array = Vec::new();
+        let item = vec![b'x'; 1000];
+        for _ in 0..600 {
+            DurableLog::append(&mut full, "t", 0, &mut array, &item);
+        }
+        assert!(!full.is_empty());
+        for (_, _, record) in &full {
+            assert!(record.len() <= LOG_BATCH_BYTES);
+            assert_eq!((record[0], *record.last().unwrap()), (b'[', b']'));
+        }
+        let items: usize = full.iter().map(|(_, _, r)| (r.len() - 1) / 1001).sum();
+        assert_eq!(items + (array.len() / 1001), 600);
+    }
 }
