@@ -67,8 +67,8 @@ pub struct RunArgs {
     /// Workloads to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "registration,chain")]
     pub workloads: Vec<Workload>,
-    /// Delivery modes to measure, comma-separated (Watermill has at-least-once only: its
-    /// exactly-once row is reported as not available).
+    /// Delivery modes to measure, comma-separated (Watermill and raw-logged have at-least-once
+    /// only: their exactly-once rows are reported as not available).
     #[arg(
         long,
         value_delimiter = ',',

@@ -449,6 +449,7 @@ async fn serve(
     let source = format!("/services/{}", role.name());
     let mut logic = Logic::new(role, prefix);
     let mut log = if logged {
+        // (A blocking metadata request, at start, before any other task runs.)
         Some(DurableLog::new(&producer, role, prefix, instance)?)
     } else {
         None
