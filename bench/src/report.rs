@@ -188,8 +188,9 @@ pub struct Summary {
     /// redelivery; exactly-once: must be 0).
     pub duplicate_terminal_sagas: usize,
     /// Inputs per saga-log record and per handled-marker record, all repetitions (how well
-    /// the steps and markers were batched), for implementations that write them.
-    pub inputs_per_log_record: Option<(f64, f64)>,
+    /// the steps and markers were batched), for implementations that write them (`None` for a
+    /// topic with no record, e.g. with the saga log turned off).
+    pub inputs_per_log_record: Option<(Option<f64>, Option<f64>)>,
     /// Ratios of medians against raw of the same mode and harness run (absent for raw itself
     /// or when raw was not measured in this mode).
     pub vs_raw: Option<Ratios>,
@@ -305,10 +306,13 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 inputs_per_log_record: {
                     let logs: Vec<LogRecords> = rs.iter().filter_map(|r| r.log_records).collect();
                     let inputs = logs.iter().map(|l| l.inputs).sum::<u64>() as f64;
-                    let steps: u64 = logs.iter().map(|l| l.saga_log_records).sum();
-                    let markers: u64 = logs.iter().map(|l| l.handled_records).sum();
-                    (!logs.is_empty())
-                        .then(|| (inputs / steps.max(1) as f64, inputs / markers.max(1) as f64))
+                    let per = |records: u64| (records > 0).then(|| inputs / records as f64);
+                    (!logs.is_empty()).then(|| {
+                        (
+                            per(logs.iter().map(|l| l.saga_log_records).sum()),
+                            per(logs.iter().map(|l| l.handled_records).sum()),
+                        )
+                    })
                 },
                 vs_raw: None,
                 eos_vs_alo: None,
@@ -695,10 +699,13 @@ pub fn markdown(
             .iter()
             .filter_map(|s| {
                 let (steps, markers) = s.inputs_per_log_record?;
+                let per = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.1}"));
                 Some(format!(
-                    "{} {} {steps:.1} / {markers:.1}",
+                    "{} {} {} / {}",
                     s.implementation.name(),
                     s.mode.name(),
+                    per(steps),
+                    per(markers),
                 ))
             })
             .collect();
@@ -872,6 +879,26 @@ mod tests {
             raw.measured,
             "0.38× (raw-logged: 0.50× raw; choreograph ÷ raw-logged: 0.75×)"
         );
+    }
+
+    #[test]
+    fn inputs_per_log_record_leaves_out_topics_without_records() {
+        let mut a = run(Implementation::Choreograph, Mode::AtLeastOnce, 1, 100.0);
+        a.log_records = Some(LogRecords {
+            inputs: 1000,
+            saga_log_records: 40,
+            handled_records: 0,
+        });
+        let mut b = run(Implementation::Choreograph, Mode::AtLeastOnce, 2, 100.0);
+        b.log_records = Some(LogRecords {
+            inputs: 1000,
+            saga_log_records: 60,
+            handled_records: 0,
+        });
+        let s = summarize(&[a, b]);
+        assert_eq!(s[0].inputs_per_log_record, Some((Some(20.0), None)));
+        let md = markdown(&s, &targets(&s), &[], 100.0, 2);
+        assert!(md.contains("choreograph at-least-once 20.0 / –"), "{md}");
     }
 
     #[test]
