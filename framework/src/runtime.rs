@@ -173,7 +173,8 @@ pub struct ServiceOptions {
     /// Records in flight in the whole instance before it stops taking records until work drains
     /// (default 1,000): bounds memory whatever the number of partitions. Exactly-once, records
     /// finished but not yet in a transaction count too, against twice this bound. Also the
-    /// consumer's `queued.min.messages` (librdkafka's prefetch per partition) unless set.
+    /// consumer's `queued.min.messages` (librdkafka's prefetch per partition) unless set: this
+    /// bound shared over the input partitions, at least 100 records per partition.
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight work (default 30 s).
     pub shutdown_timeout: Duration,
@@ -2075,7 +2076,24 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
 /// The consumer side, on its own OS thread.
 /// What a service consumer's fetch responses may hold over all its input partitions (bytes): it
 /// sets `max.partition.fetch.bytes` unless configured.
-const FETCH_BUDGET: usize = 4 * 1024 * 1024;
+const FETCH_BUDGET: usize = 1024 * 1024;
+
+/// The fewest records librdkafka keeps prefetched per input partition (`queued.min.messages`),
+/// unless the instance's `max_in_flight` is lower.
+const MIN_PREFETCH: usize = 100;
+
+/// A service consumer's `queued.min.messages` unless configured: the instance's bound shared
+/// over its input partitions, at least [`MIN_PREFETCH`] records, at most the bound. librdkafka
+/// applies the value to every partition, and a prefetched record pins its whole fetch response:
+/// the whole bound per partition (1,000 × 18 partitions in the benchmark's `activity`) kept
+/// 18,000 records and 3.6 MB of fetch responses at its peak (heaptrack), for an instance that
+/// takes 1,000 at a time.
+fn prefetch_per_partition(max_in_flight: usize, input_partitions: usize) -> usize {
+    let bound = max_in_flight.max(1);
+    (bound / input_partitions.max(1))
+        .max(MIN_PREFETCH)
+        .min(bound)
+}
 
 struct ConsumerThread {
     service: Arc<str>,
@@ -2822,7 +2840,8 @@ impl ConsumerThread {
         } else {
             "cooperative-sticky"
         };
-        let min_messages = self.options.max_in_flight.max(1).to_string();
+        let min_messages =
+            prefetch_per_partition(self.options.max_in_flight, self.input_partitions).to_string();
         let fetch_bytes = (FETCH_BUDGET / self.input_partitions.max(1))
             .clamp(64 * 1024, 1024 * 1024)
             .to_string();
@@ -2833,13 +2852,17 @@ impl ConsumerThread {
             // librdkafka prefetches up to 100,000 records per partition by default, and its
             // kilobyte bound counts keys and values only, not headers (most of a CloudEvents
             // record): a backlog filled the heap with prefetched records and the fetch
-            // responses they pin (heaptrack: 15 of a 24 MB peak). As many as the instance may
-            // have in flight is enough to keep it busy.
+            // responses they pin (heaptrack: 15 of a 24 MB peak). The instance's share per
+            // partition of what it may have in flight is enough to keep it busy
+            // ([`prefetch_per_partition`]).
             ("queued.min.messages", min_messages.as_str()),
             // A fetch response stays in memory whole while any of its records does, and holds
             // up to this much per partition (librdkafka: 1 MiB): with 18 input partitions the
-            // benchmark's `activity` kept 8 MB of them under a backlog. A budget of 4 MiB over
-            // the input partitions instead (64 KiB to 1 MiB each).
+            // benchmark's `activity` kept 8 MB of them under a backlog. A budget of 1 MiB over
+            // the input partitions instead (64 KiB to 1 MiB each): one fetch round then brings a
+            // few hundred records per partition, not a whole backlog (with 4 MiB, the chain's
+            // `svc1` held all 10,700 records of its backlog at its peak, 6 MB with their
+            // responses; heaptrack).
             ("max.partition.fetch.bytes", fetch_bytes.as_str()),
             // When the prefetch queue is over that bound (the runtime took as much work as it
             // may), librdkafka postpones the partition's next fetch by this much. Its default,
@@ -3151,6 +3174,17 @@ mod tests {
         assert_eq!(batch_bytes(1_000_000), BATCH_BYTES);
         assert_eq!(batch_bytes(100_000), 100_000 - 4096);
         assert_eq!(batch_bytes(2_000), 1024);
+    }
+
+    #[test]
+    fn prefetch_shares_the_instance_bound_over_its_partitions() {
+        // The benchmark's services: svc1 reads 6 partitions, activity 3 topics of 6.
+        assert_eq!(prefetch_per_partition(1000, 6), 166);
+        assert_eq!(prefetch_per_partition(1000, 18), MIN_PREFETCH);
+        // One partition: the whole bound; never more than the bound, never zero.
+        assert_eq!(prefetch_per_partition(1000, 1), 1000);
+        assert_eq!(prefetch_per_partition(40, 18), 40);
+        assert_eq!(prefetch_per_partition(0, 0), 1);
     }
 
     fn apply(vars: &[(&str, &str)]) -> Result<ServiceOptions, String> {
