@@ -2073,7 +2073,6 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 }
 
-/// The consumer side, on its own OS thread.
 /// What a service consumer's fetch responses may hold over all its input partitions (bytes): it
 /// sets `max.partition.fetch.bytes` unless configured.
 const FETCH_BUDGET: usize = 1024 * 1024;
@@ -2095,6 +2094,7 @@ fn prefetch_per_partition(max_in_flight: usize, input_partitions: usize) -> usiz
         .min(bound)
 }
 
+/// The consumer side, on its own OS thread.
 struct ConsumerThread {
     service: Arc<str>,
     instance: Arc<str>,
