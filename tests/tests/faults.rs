@@ -143,7 +143,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(config: &KafkaConfig, mode: Mode) -> Self {
+    async fn start(config: &KafkaConfig, mode: Mode) -> Self {
         let reader = config
             .clone()
             .with("isolation.level", mode.isolation_level());
@@ -152,6 +152,17 @@ impl Fleet {
             .iter()
             .map(|t| config.topic(t))
             .collect();
+        // The topics exist before the watch subscribes (as the services would create them).
+        // Its group is assigned the subscribed topics that exist when it joins; once (CI,
+        // 2026-11-25, 3-node broker loss) it never got `registration.points`, created a second
+        // after it subscribed, and no rebalance followed: 540 sagas looked incomplete while the
+        // saga log showed every step.
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        choreograph::Topics::new(config)
+            .unwrap()
+            .ensure(&names)
+            .await
+            .unwrap();
         let watch = SagaWatch::start(&reader, &topics, catalogue()).unwrap();
         let services = SERVICES
             .iter()
@@ -654,7 +665,7 @@ async fn chaos_run(mode: Mode) {
         .collect();
 
     let config = testkit::isolated_config();
-    let mut fleet = Fleet::start(&config, mode);
+    let mut fleet = Fleet::start(&config, mode).await;
     let started = Instant::now();
     let feed = Feed::start(&config, n, per_second);
     for (at, victim, down) in &schedule {
@@ -700,7 +711,7 @@ async fn broker_restart(mode: Mode) {
     let n = 400 * scale();
     let cluster = Arc::new(blocking(|| KafkaCluster::start(1)).await);
     let config = isolated(cluster.bootstrap_servers());
-    let mut fleet = Fleet::start(&config, mode);
+    let mut fleet = Fleet::start(&config, mode).await;
     let feed = Feed::start(&config, n, 20.0);
     fleet
         .wait_until_ended(&feed, n as usize / 4, Duration::from_secs(180))
@@ -791,7 +802,7 @@ async fn broker_loss(mode: Mode) {
     let cluster = Arc::new(blocking(|| KafkaCluster::start(3)).await);
     let mut config = isolated(cluster.bootstrap_servers());
     config.topics.replication_factor = 3;
-    let mut fleet = Fleet::start(&config, mode);
+    let mut fleet = Fleet::start(&config, mode).await;
     let feed = Feed::start(&config, n, 20.0);
     fleet
         .wait_until_ended(&feed, n as usize / 5, Duration::from_secs(240))
@@ -1118,7 +1129,7 @@ fn a_poison_record_does_not_block_its_busy_partition_and_is_replayed_once_at_lea
 async fn coupon_rebalance(mode: Mode) {
     let n = 1200 * scale();
     let config = testkit::isolated_config();
-    let mut fleet = Fleet::start(&config, mode);
+    let mut fleet = Fleet::start(&config, mode).await;
     let feed = Feed::start(&config, n, 30.0);
     let total = n as usize;
 
