@@ -153,10 +153,10 @@ impl Fleet {
             .map(|t| config.topic(t))
             .collect();
         // The topics exist before the watch subscribes (as the services would create them).
-        // Its group is assigned the subscribed topics that exist when it joins; once (CI,
-        // 2026-11-25, 3-node broker loss) it never got `registration.points`, created a second
-        // after it subscribed, and no rebalance followed: 540 sagas looked incomplete while the
-        // saga log showed every step.
+        // Once (CI, 2026-11-25, 3-node broker loss) the watch's group never got
+        // `registration.points`, which the points service created while the group was forming
+        // (its partitions still settling when it was assigned), and no rebalance followed: 540
+        // sagas looked incomplete while the saga log showed every step.
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         choreograph::Topics::new(config)
             .unwrap()
