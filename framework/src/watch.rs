@@ -7,9 +7,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::catalogue::{Catalogue, SagaOutcome};
 use crate::config::KafkaConfig;
@@ -41,36 +43,46 @@ impl WatchedSaga {
 
 type Sagas = Arc<Mutex<HashMap<CorrelationId, WatchedSaga>>>;
 
+/// How often the watch looks for topics and partitions it does not read yet.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Reads topics from their beginning in the background; dropped, it stops.
+///
+/// The watch assigns itself every partition of the watched topics (no consumer group, so no
+/// rebalance to wait for) and looks for new ones every second: a topic created after the watch
+/// started (a service creates its output topics on first use) is read from its beginning within
+/// about a second of appearing in the cluster's metadata.
 pub struct SagaWatch {
     sagas: Sagas,
     task: tokio::task::JoinHandle<()>,
+    discovery: tokio::task::JoinHandle<()>,
 }
 
 impl SagaWatch {
-    /// Starts watching `topics` (full names) with a consumer group of its own.
+    /// Starts watching `topics` (full names).
     pub fn start(
         config: &KafkaConfig,
         topics: &[String],
         catalogue: Arc<Catalogue>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: StreamConsumer = config
-            .client_config()
-            .set(
-                "group.id",
-                format!("choreograph-watch-{}", uuid::Uuid::now_v7()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            // Topics that do not exist yet are picked up within a second once created.
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .create()?;
-        consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            config
+                .client_config()
+                // Never joined (the watch assigns partitions itself) nor committed to; librdkafka
+                // wants one for a consumer.
+                .set(
+                    "group.id",
+                    format!("choreograph-watch-{}", uuid::Uuid::now_v7()),
+                )
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .create()?,
+        );
+        let discovery = tokio::spawn(discover(consumer.clone(), topics.to_vec()));
         let sagas: Sagas = Arc::default();
         let sink = sagas.clone();
         let task = tokio::spawn(async move {
-            // A rebalance of the watch's own group may read a partition again: count each
-            // record once.
+            // Count each record once, should a partition ever be read again.
             let mut read: HashSet<(String, i32, i64)> = HashSet::new();
             loop {
                 let Ok(m) = consumer.recv().await else {
@@ -98,7 +110,11 @@ impl SagaWatch {
                 saga.events.push(event);
             }
         });
-        Ok(Self { sagas, task })
+        Ok(Self {
+            sagas,
+            task,
+            discovery,
+        })
     }
 
     /// How many of `ids` have ended.
@@ -147,6 +163,79 @@ impl SagaWatch {
 
 impl Drop for SagaWatch {
     fn drop(&mut self) {
+        self.discovery.abort();
         self.task.abort();
     }
+}
+
+/// Adds the partitions of `topics` that exist and are not read yet to the consumer's
+/// assignment, from their beginning; again every [`DISCOVERY_INTERVAL`], until aborted.
+async fn discover(consumer: Arc<StreamConsumer>, topics: Vec<String>) {
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut last_error: Option<String> = None;
+    loop {
+        let c = consumer.clone();
+        let wanted = topics.clone();
+        let known = std::mem::take(&mut assigned);
+        // Metadata requests block: off the async workers.
+        let round = tokio::task::spawn_blocking(move || {
+            let mut known = known;
+            let result = assign_new(&c, &wanted, &mut known);
+            (known, result)
+        })
+        .await;
+        let Ok((known, result)) = round else {
+            return;
+        };
+        assigned = known;
+        match result {
+            Ok(()) => last_error = None,
+            // Logged once per kind of failure, not every second (the cluster may be away).
+            Err(e) if last_error.as_deref() != Some(e.as_str()) => {
+                tracing::warn!(error = %e, "saga watch: looking for partitions failed; retrying");
+                last_error = Some(e);
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(DISCOVERY_INTERVAL).await;
+    }
+}
+
+/// One discovery round: assigns every partition of `topics` in the cluster's metadata that is
+/// not in `assigned` (topics that do not exist yet are skipped until they do).
+fn assign_new(
+    consumer: &StreamConsumer,
+    topics: &[String],
+    assigned: &mut HashSet<(String, i32)>,
+) -> Result<(), String> {
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mut new = TopicPartitionList::new();
+    let mut added = Vec::new();
+    for topic in metadata.topics() {
+        if topic.error().is_some() || !topics.iter().any(|t| t == topic.name()) {
+            continue;
+        }
+        for partition in topic.partitions() {
+            let key = (topic.name().to_owned(), partition.id());
+            if !assigned.contains(&key) {
+                new.add_partition_offset(topic.name(), partition.id(), Offset::Beginning)
+                    .map_err(|e| e.to_string())?;
+                added.push(key);
+            }
+        }
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    consumer
+        .incremental_assign(&new)
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        partitions = added.len(),
+        "saga watch: reading new partitions"
+    );
+    assigned.extend(added);
+    Ok(())
 }

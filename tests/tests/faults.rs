@@ -152,17 +152,6 @@ impl Fleet {
             .iter()
             .map(|t| config.topic(t))
             .collect();
-        // The topics exist before the watch subscribes (as the services would create them).
-        // Once (CI, 2026-11-25, 3-node broker loss) the watch's group never got
-        // `registration.points`, which the points service created while the group was forming
-        // (its partitions still settling when it was assigned), and no rebalance followed: 540
-        // sagas looked incomplete while the saga log showed every step.
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        choreograph::Topics::new(config)
-            .unwrap()
-            .ensure(&names)
-            .await
-            .unwrap();
         let watch = SagaWatch::start(&reader, &topics, catalogue()).unwrap();
         let services = SERVICES
             .iter()

@@ -280,3 +280,45 @@ async fn a_second_coupon_instance_joining_mid_run_loses_no_saga() {
         );
     }
 }
+
+/// The watch reads topics that did not exist when it started (services create their output
+/// topics on first use), each from its beginning: it assigns partitions itself, so no consumer
+/// group has to notice a new topic and rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn the_watch_reads_topics_created_after_it_started() {
+    let config = testkit::isolated_config();
+    // Under this test's prefix none of the catalogue's topics exist yet.
+    let watch = watch(&config);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    let (registration, _) = samples::registration(0);
+    let started = publisher.start_saga(&registration).await.unwrap();
+    wait_until(
+        "the watch read the user topic, created after it started",
+        || watch.saga(&started.correlation_id).is_some(),
+    )
+    .await;
+    // Later still, a second topic: the watch keeps looking.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let granted = PointsGranted {
+        user_id: registration.user_id.clone(),
+        points: 100,
+    };
+    publisher
+        .publish(started.correlation_id, &granted)
+        .await
+        .unwrap();
+    wait_until(
+        "the watch read the points topic, created seconds later",
+        || {
+            watch
+                .saga(&started.correlation_id)
+                .is_some_and(|s| s.of_type(PointsGranted::TYPE).count() == 1)
+        },
+    )
+    .await;
+    let seen = watch.saga(&started.correlation_id).unwrap();
+    assert_eq!(seen.events.len(), 2, "both events, once each");
+    assert_eq!(seen.records, 2);
+}
