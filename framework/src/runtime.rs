@@ -50,7 +50,7 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -60,7 +60,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -708,6 +708,58 @@ struct Completion {
     work: Vec<TxnItem>,
 }
 
+/// Finished records on their way from the async workers to the consumer thread.
+///
+/// A locked `Vec` the consumer thread swaps for an empty one, not a channel: `std::sync::mpsc`
+/// allocates a block of 31 slots (2.5 KB) every 31 messages, and glibc's malloc consolidates
+/// every free small chunk of the arena on each request of that size (a profile of the chain
+/// benchmark: a tenth of the workers' time in `send_completion`, mostly `malloc_consolidate`).
+#[derive(Default)]
+struct Completions {
+    queue: Mutex<CompletionQueue>,
+    /// Signalled when the queue stops being empty while the consumer thread waits.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct CompletionQueue {
+    finished: Vec<Completion>,
+    /// The consumer thread waits for the first completion (a notification costs a system call
+    /// whether anyone waits or not, so it is only sent then).
+    waiting: bool,
+}
+
+impl Completions {
+    fn send(&self, completion: Completion) {
+        self.send_all(std::iter::once(completion));
+    }
+
+    fn send_all(&self, completions: impl IntoIterator<Item = Completion>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.finished.extend(completions);
+        if queue.waiting && !queue.finished.is_empty() {
+            queue.waiting = false;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Moves what is queued into `into` (emptied first), waiting up to `wait` when nothing is.
+    fn take(&self, into: &mut Vec<Completion>, wait: Option<Duration>) {
+        into.clear();
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wait) = wait.filter(|_| queue.finished.is_empty()) {
+            queue.waiting = true;
+            queue = self
+                .ready
+                .wait_timeout(queue, wait)
+                .map(|(q, _)| q)
+                .unwrap_or_else(|e| e.into_inner().0);
+            queue.waiting = false;
+        }
+        std::mem::swap(&mut queue.finished, into);
+    }
+}
+
 /// Exactly-once: what handling an input adds to the transaction that commits its offset.
 enum TxnItem {
     /// A follow-up event, saga-state change or dead letter, written as it is.
@@ -919,8 +971,10 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             batch_bytes: batch_bytes(self.config.max_message_bytes()),
         };
 
-        let (job_tx, job_rx) = mpsc::unbounded_channel::<Vec<Job>>();
-        let (done_tx, done_rx) = std_mpsc::channel::<Completion>();
+        let jobs = Arc::new(JobQueue::default());
+        let completions = Arc::new(Completions::default());
+        let done = completions.clone();
+        let job_queue = jobs.clone();
         let (exit_tx, mut exit_rx) = oneshot::channel::<Result<(), ServiceError>>();
         let control = Arc::new(Control::default());
         let _abandon_on_drop = AbandonOnDrop(control.clone());
@@ -948,12 +1002,10 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         std::thread::Builder::new()
             .name(format!("{}-consumer", self.name))
             .spawn(move || {
-                let result = thread.run(job_tx, done_rx);
+                let result = thread.run(job_queue, done);
                 let _ = exit_tx.send(result);
             })
             .map_err(|e| ServiceError::Kafka(format!("cannot start the consumer thread: {e}")))?;
-
-        let (tail_tx, tail_rx) = mpsc::unbounded_channel::<Tail>();
 
         let worker = Arc::new(Worker {
             service: self.name.clone(),
@@ -969,18 +1021,18 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             topic_prefix: self.config.topic_prefix.clone(),
             batching,
             saga_state: changelog.zip(store),
-            tails: tail_tx,
+            tails: TailQueue::default(),
             handled_log,
             saga_log: self.options.saga_log,
             exactly_once,
             max_message_bytes: self.config.max_message_bytes(),
             catalogue: self.catalogue.clone(),
-            done: Mutex::new(done_tx),
+            done: completions,
         });
         tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, delivery = ?self.options.delivery, idempotency = ?self.options.idempotency, "service started");
         // Dispatching runs in a task of its own, on the runtime's workers: `run` is usually
         // awaited by `block_on` (`#[tokio::main]`), whose thread would otherwise carry it.
-        let dispatcher = tokio::spawn(dispatch_loop(job_rx, worker, tail_rx));
+        let dispatcher = tokio::spawn(dispatch_loop(jobs, worker));
         let _abort_dispatcher = AbortOnDrop(dispatcher.abort_handle());
 
         tokio::pin!(stop);
@@ -1032,40 +1084,93 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Takes the consumer thread's batches and dispatches their records to lanes, until the
-/// consumer thread is gone. The lane tasks and the tail writer live in this task's set: they
-/// end with it.
+/// Records on their way from the consumer thread to the dispatcher: a locked `Vec` each side
+/// swaps or appends, not a channel of batches, for the reason [`Completions`] gives (every
+/// batch was a new list, over the size glibc's malloc consolidates its free chunks for).
+#[derive(Default)]
+struct JobQueue {
+    inner: Mutex<JobQueueInner>,
+    /// Notified when the queue stops being empty.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct JobQueueInner {
+    /// Boxed, as the lanes keep them: handing a job on moves a pointer, not 400 bytes.
+    #[allow(clippy::vec_box)]
+    jobs: Vec<Box<Job>>,
+    /// The dispatcher is gone (the runtime future was dropped).
+    closed: bool,
+}
+
+impl JobQueue {
+    /// Moves `jobs` to the queue (leaving it empty, with its capacity); false once the
+    /// dispatcher is gone.
+    #[allow(clippy::vec_box)]
+    fn hand_over(&self, jobs: &mut Vec<Box<Job>>) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.closed {
+            jobs.clear();
+            return false;
+        }
+        if jobs.is_empty() {
+            return true;
+        }
+        let was_empty = inner.jobs.is_empty();
+        inner.jobs.append(jobs);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+}
+
+/// Closes the job queue when the dispatcher's future is dropped.
+struct CloseOnDrop(Arc<JobQueue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.closed = true;
+        inner.jobs.clear();
+    }
+}
+
+/// Takes the consumer thread's records and dispatches them to lanes, until the runtime future
+/// ends (which aborts this task; lanes are not cut short while the consumer thread finishes).
+/// The lane tasks and the tail writer live in this task's set: they end with it.
 async fn dispatch_loop<S: Clone + Send + Sync + 'static>(
-    mut jobs: mpsc::UnboundedReceiver<Vec<Job>>,
+    queue: Arc<JobQueue>,
     worker: Arc<Worker<S>>,
-    tails: mpsc::UnboundedReceiver<Tail>,
 ) {
+    let _close = CloseOnDrop(queue.clone());
     let lanes: Lanes = Arc::new(Mutex::new(HashMap::new()));
     let mut workers = JoinSet::new();
-    workers.spawn(worker.clone().write_tails(tails));
+    workers.spawn(worker.clone().write_tails());
+    // Swapped with the queue's each turn, so both keep their capacity.
+    let mut batch: Vec<Box<Job>> = Vec::new();
     loop {
+        std::mem::swap(
+            &mut batch,
+            &mut queue.inner.lock().unwrap_or_else(|e| e.into_inner()).jobs,
+        );
+        for job in batch.drain(..) {
+            dispatch(job, &lanes, &worker, &mut workers);
+        }
+        // Finished lanes' tasks are freed when joined.
+        while workers.try_join_next().is_some() {}
         tokio::select! {
-            batch = jobs.recv() => match batch {
-                Some(batch) => {
-                    for job in batch {
-                        dispatch(job, &lanes, &worker, &mut workers);
-                    }
-                }
-                // The consumer thread is gone.
-                None => break,
-            },
+            // (Records queued since the swap have left a permit: this returns at once.)
+            _ = queue.ready.notified() => {}
             Some(_) = workers.join_next(), if !workers.is_empty() => {}
         }
     }
-    // Never returns before the runtime future ends (which aborts this task), so lanes are not
-    // cut short while the consumer thread finishes; the set's tasks are aborted when it drops.
-    std::future::pending::<()>().await;
 }
 
 /// Sends a job to its saga's lane: a new lane (and worker task) if the saga is idle, else the
 /// back of its queue.
 fn dispatch<S: Clone + Send + Sync + 'static>(
-    job: Job,
+    job: Box<Job>,
     lanes: &Lanes,
     worker: &Arc<Worker<S>>,
     workers: &mut JoinSet<()>,
@@ -1084,7 +1189,6 @@ fn dispatch<S: Clone + Send + Sync + 'static>(
             .hash(&mut hasher),
     }
     let key = hasher.finish();
-    let job = Box::new(job);
     {
         let mut map = lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = map.get_mut(&key) {
@@ -1156,13 +1260,13 @@ struct Worker<S> {
     /// Write saga-log steps.
     saga_log: bool,
     /// To the tail writer (at-least-once mode).
-    tails: mpsc::UnboundedSender<Tail>,
+    tails: TailQueue,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
     /// they go into a transaction).
     max_message_bytes: usize,
     catalogue: Option<Arc<Catalogue>>,
-    done: Mutex<std_mpsc::Sender<Completion>>,
+    done: Arc<Completions>,
 }
 
 /// What a step record says, before it is written.
@@ -1255,6 +1359,17 @@ struct Tail {
     completion: Completion,
 }
 
+/// Finished inputs' tails on their way to the tail writer: a locked `Vec` the writer swaps for
+/// its own, not a channel, for the reason [`Completions`] gives (a channel allocates a block
+/// every 32 tails, and the writer's batches were new `Vec`s of up to 200 KB, each allocated and
+/// freed: in a profile of the chain benchmark, glibc consolidated its free chunks on those).
+#[derive(Default)]
+struct TailQueue {
+    tails: Mutex<Vec<Tail>>,
+    /// Notified when the queue stops being empty.
+    ready: Notify,
+}
+
 /// A handled event to remember durably: its marker goes to the partition's marker record.
 struct Marker {
     partition: i32,
@@ -1339,10 +1454,14 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             causation_id = event.causation_id.as_deref().unwrap_or(""),
             event_id = %event.id,
         );
-        let finish = self
-            .process_event(&job, &sink, &event, started_at)
-            .instrument(span.clone())
-            .await;
+        // Boxed: with it inline, a lane's task took 1,088 bytes, which glibc's malloc serves from
+        // its large bins, consolidating every free small chunk first (a profile of the chain
+        // benchmark); apart, both allocations stay small.
+        let finish = Box::pin(
+            self.process_event(&job, &sink, &event, started_at)
+                .instrument(span.clone()),
+        )
+        .await;
         let _entered = span.enter();
         let (step, marker) = self.tail(&job, &event, finish, started_at);
         match sink {
@@ -1405,47 +1524,62 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             marker,
             completion,
         };
-        // Fails only when the service is stopping (the input stays uncommitted).
-        let _ = self.tails.send(tail);
+        let mut tails = self.tails.tails.lock().unwrap_or_else(|e| e.into_inner());
+        tails.push(tail);
+        if tails.len() == 1 {
+            self.tails.ready.notify_one();
+        }
     }
 
     /// The tail writer (at-least-once): takes the finished inputs' tails in batches, writes
     /// their saga-log steps and one handled-marker record per partition, waits for every
     /// acknowledgement, then reports the inputs finished. Batches go one after another, so the
     /// steps of one saga stay in order.
-    async fn write_tails(self: Arc<Self>, mut tails: mpsc::UnboundedReceiver<Tail>) {
+    async fn write_tails(self: Arc<Self>) {
         let this: &Self = &self;
-        while let Some(first) = tails.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < TAIL_BATCH {
-                match tails.try_recv() {
-                    Ok(t) => batch.push(t),
-                    Err(_) => break,
-                }
-            }
-            let steps: Vec<OutRecord> = batch.iter_mut().filter_map(|t| t.step.take()).collect();
-            let (markers, steps) = this
-                .batching
-                .records(steps, batch.iter().filter_map(|t| t.marker.as_ref()));
-            let marker_writes = markers.into_iter().map(|out| async move {
-                let partition = out.partition.unwrap_or_default();
-                if let Err(e) = this.write(&Sink::Direct, out, "handled marker").await {
-                    tracing::error!(service = %this.service, partition, error = %e, "handled markers could not be written; a redelivery after a restart would run their handlers again");
-                }
-            });
-            let step_writes = steps.into_iter().map(|out| async move {
-                if let Err(e) = this.write(&Sink::Direct, out, "saga-log step").await {
-                    tracing::error!(service = %this.service, error = %e, "saga-log steps could not be written; their sagas' traces miss them");
-                }
-            });
-            futures::join!(
-                futures::future::join_all(marker_writes),
-                futures::future::join_all(step_writes)
+        // Swapped with the queue each turn, so both keep their capacity.
+        let mut batch: Vec<Tail> = Vec::new();
+        loop {
+            std::mem::swap(
+                &mut batch,
+                &mut *this.tails.tails.lock().unwrap_or_else(|e| e.into_inner()),
             );
-            for tail in batch {
-                self.send_completion(tail.completion);
+            if batch.is_empty() {
+                // (A tail queued since the swap has left a permit: this returns at once.)
+                this.tails.ready.notified().await;
+                continue;
+            }
+            while !batch.is_empty() {
+                let n = batch.len().min(TAIL_BATCH);
+                this.write_tail_batch(&mut batch[..n]).await;
+                this.done
+                    .send_all(batch.drain(..n).map(|tail| tail.completion));
             }
         }
+    }
+
+    /// Writes the saga-log steps and handled markers of a batch of tails and waits for their
+    /// acknowledgements (failures are logged: the inputs are reported finished regardless).
+    async fn write_tail_batch(&self, batch: &mut [Tail]) {
+        let steps: Vec<OutRecord> = batch.iter_mut().filter_map(|t| t.step.take()).collect();
+        let (markers, steps) = self
+            .batching
+            .records(steps, batch.iter().filter_map(|t| t.marker.as_ref()));
+        let marker_writes = markers.into_iter().map(|out| async move {
+            let partition = out.partition.unwrap_or_default();
+            if let Err(e) = self.write(&Sink::Direct, out, "handled marker").await {
+                tracing::error!(service = %self.service, partition, error = %e, "handled markers could not be written; a redelivery after a restart would run their handlers again");
+            }
+        });
+        let step_writes = steps.into_iter().map(|out| async move {
+            if let Err(e) = self.write(&Sink::Direct, out, "saga-log step").await {
+                tracing::error!(service = %self.service, error = %e, "saga-log steps could not be written; their sagas' traces miss them");
+            }
+        });
+        futures::join!(
+            futures::future::join_all(marker_writes),
+            futures::future::join_all(step_writes)
+        );
     }
 
     /// Tells the consumer thread a record is finished (ignored there if its epoch is over).
@@ -1465,9 +1599,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 
     fn send_completion(&self, completion: Completion) {
-        if let Ok(done) = self.done.lock() {
-            let _ = done.send(completion);
-        }
+        self.done.send(completion);
     }
 
     /// Handles a decoded event: handler, follow-up events (acknowledged, or in the input's share
@@ -2409,7 +2541,9 @@ struct RuntimeContext {
     service: Arc<str>,
     config: KafkaConfig,
     book: Mutex<Book>,
-    completions: Mutex<std_mpsc::Receiver<Completion>>,
+    completions: Arc<Completions>,
+    /// What [`Self::absorb_completions`] takes from `completions` (kept for its capacity).
+    absorbed: Mutex<Vec<Completion>>,
     revoke_grace: Duration,
     /// Changelog and store for restoring saga state on assignment.
     saga_state: Option<(String, SagaStore)>,
@@ -2421,10 +2555,11 @@ struct RuntimeContext {
     fatal: Mutex<Option<String>>,
     ready: ReadySignal,
     /// Records taken from the consumer but not yet handed to the workers: they go in batches,
-    /// one channel message per turn of the consumer loop (and before a revocation waits for
-    /// in-flight work, which includes them).
-    taken: Mutex<Vec<Job>>,
-    jobs: mpsc::UnboundedSender<Vec<Job>>,
+    /// once per turn of the consumer loop (and before a revocation waits for in-flight work,
+    /// which includes them). Boxed, as the lanes keep them.
+    #[allow(clippy::vec_box)]
+    taken: Mutex<Vec<Box<Job>>>,
+    jobs: Arc<JobQueue>,
 }
 
 impl ClientContext for RuntimeContext {
@@ -2585,38 +2720,29 @@ impl RuntimeContext {
         }
     }
 
-    /// Hands the records taken so far to the workers, in one message; false when the workers
-    /// are gone.
+    /// Hands the records taken so far to the workers, all at once; false when the workers are
+    /// gone.
     fn hand_over(&self) -> bool {
-        let batch = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
-        batch.is_empty() || self.jobs.send(batch).is_ok()
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        self.jobs.hand_over(&mut taken)
     }
 
     /// Applies finished records to the book (waiting up to `wait` for the first one).
     fn absorb_completions(&self, wait: Option<Duration>) -> usize {
-        let rx = self.completions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut absorbed = self.absorbed.lock().unwrap_or_else(|e| e.into_inner());
+        self.completions.take(&mut absorbed, wait);
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self
             .txn
             .as_ref()
             .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut apply = |c: Completion| {
+        let n = absorbed.len();
+        for c in absorbed.drain(..) {
             book.offsets
                 .finish(&c.topic, c.partition, c.offset, c.epoch);
             if let Some(txn) = &mut txn {
                 txn.book.finish(c.seq, c.partition, c.epoch, c.work);
             }
-        };
-        let mut n = 0;
-        if let Some(w) = wait {
-            if let Ok(c) = rx.recv_timeout(w) {
-                apply(c);
-                n += 1;
-            }
-        }
-        while let Ok(c) = rx.try_recv() {
-            apply(c);
-            n += 1;
         }
         n
     }
@@ -2903,11 +3029,7 @@ impl ConsumerThread {
         Ok(consumer)
     }
 
-    fn run(
-        self,
-        jobs: mpsc::UnboundedSender<Vec<Job>>,
-        done: std_mpsc::Receiver<Completion>,
-    ) -> Result<(), ServiceError> {
+    fn run(self, jobs: Arc<JobQueue>, done: Arc<Completions>) -> Result<(), ServiceError> {
         let txn = if self.exactly_once() {
             Some(Mutex::new(self.transactions()?))
         } else {
@@ -2920,7 +3042,8 @@ impl ConsumerThread {
                 offsets: OffsetBook::default(),
                 paused: HashSet::new(),
             }),
-            completions: Mutex::new(done),
+            completions: done,
+            absorbed: Mutex::new(Vec::new()),
             revoke_grace: self.options.revoke_grace,
             saga_state: self.saga_state.clone(),
             handled_log: self.handled_log.clone(),
@@ -3091,7 +3214,7 @@ impl ConsumerThread {
                     }
                 }
                 drop(book);
-                let job = Job {
+                let job = Box::new(Job {
                     message,
                     epoch,
                     seq,
@@ -3103,7 +3226,7 @@ impl ConsumerThread {
                         .handled_log
                         .as_ref()
                         .and_then(|(_, l)| l.generation(partition)),
-                };
+                });
                 ctx.taken
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
