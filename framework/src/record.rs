@@ -130,15 +130,6 @@ impl InputRecord {
         &self.topic
     }
 
-    /// The last value of a header (Kafka allows repeated headers; the last one wins).
-    pub(crate) fn last_header(&self, name: &str) -> Option<&[u8]> {
-        let hs = self.data.headers.as_ref()?;
-        hs.iter()
-            .rev()
-            .find(|h| self.data.slice(h.name) == name.as_bytes())
-            .and_then(|h| h.value.map(|v| self.data.slice(v)))
-    }
-
     /// An rdkafka copy of the record (for a dead letter).
     pub(crate) fn to_owned_message(&self) -> OwnedMessage {
         let headers = self.headers().map(|hs| {
@@ -171,6 +162,17 @@ pub(crate) fn copy_consumed(message: &BorrowedMessage<'_>) -> OwnedMessage {
 
 /// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
 /// panic on a header name that is not UTF-8).
+/// The last value of a header of a consumed record (Kafka allows repeated headers; the last one
+/// wins), read in place, without copying the record (`None`: no such header, or a null value).
+/// Header names that are not UTF-8 never equal `name`.
+pub(crate) fn last_header_in<'m>(message: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
+    raw_headers(message)?
+        .iter()
+        .rev()
+        .find(|(n, _)| *n == name.as_bytes())
+        .and_then(|(_, v)| *v)
+}
+
 fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<HeaderList<'m, [u8]>> {
     use rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
     let mut list = std::ptr::null_mut();

@@ -3169,9 +3169,8 @@ impl ConsumerThread {
                     .find(|n| ***n == *message.topic())
                     .cloned()
                     .unwrap_or_else(|| Arc::from(message.topic()));
-                let message = InputRecord::copy_of(&message, topic.clone());
-                let unhandled = message
-                    .last_header(headers::TYPE)
+                // Read in place: a record of a type this service does not handle is not copied.
+                let unhandled = crate::record::last_header_in(&message, headers::TYPE)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(|t| !self.handled.contains(t))
                     .unwrap_or(false);
@@ -3215,7 +3214,7 @@ impl ConsumerThread {
                 }
                 drop(book);
                 let job = Box::new(Job {
-                    message,
+                    message: InputRecord::copy_of(&message, topic.clone()),
                     epoch,
                     seq,
                     state_generation: ctx

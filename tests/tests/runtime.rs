@@ -1467,3 +1467,92 @@ async fn exactly_once_finished_work_waiting_for_its_transaction_counts_against_t
     t.await.unwrap().unwrap();
     assert_eq!(read_all_events(&config, Middle::TOPIC).await.len(), 301);
 }
+
+/// An event type no service of this test handles, on svc1's input topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stray {
+    n: u32,
+}
+impl Event for Stray {
+    const TYPE: &'static str = "test.chain.stray.v1";
+    const TOPIC: &'static str = "chain.a";
+}
+
+/// Records of a type the service does not handle, interleaved with ones it does, are skipped
+/// (no handler runs, nothing is dead-lettered) and their offsets advance with the others': the
+/// group's committed offsets reach the end of the input topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn records_of_types_the_service_does_not_handle_are_skipped_and_committed() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    common::capture_logs();
+    let config = testkit::isolated_config();
+    let publisher = Publisher::new(&config, "/services/test").unwrap();
+    for n in 0..20 {
+        publisher.start_saga(&Started { n, seq: 0 }).await.unwrap();
+        publisher.start_saga(&Stray { n }).await.unwrap();
+    }
+    let probe = Probe::with_delay(0);
+    let service = service1(&config, probe.clone());
+    let handle = service.shutdown_handle();
+    let task = tokio::spawn(service.run_until(futures::future::pending()));
+    wait_for("svc1 handled the 20 Started events", || {
+        probe.handled() == 20
+    })
+    .await;
+    // The strays after the last Started are taken within a poll or two.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(probe.handled(), 20, "no handler ran for a stray");
+
+    let topic = config.topic(Started::TOPIC);
+    let c = config.clone();
+    let (committed, ends) = tokio::task::spawn_blocking(move || {
+        // The service's group (its name, prefixed), read without joining it.
+        let consumer: BaseConsumer = c
+            .client_config()
+            .set("group.id", c.topic("svc1"))
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout).unwrap();
+            ends.insert(p.id(), high);
+        }
+        let committed: HashMap<i32, rdkafka::Offset> = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect();
+        (committed, ends)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ends.values().sum::<i64>(),
+        40,
+        "20 handled and 20 strays written"
+    );
+    for (p, high) in ends {
+        if high > 0 {
+            assert_eq!(
+                committed.get(&p),
+                Some(&rdkafka::Offset::Offset(high)),
+                "partition {p}: committed up to its end, strays included"
+            );
+        }
+    }
+    let dead = testkit::read_to_end(
+        &config,
+        &config.topic("chain.a.dlq"),
+        Duration::from_secs(10),
+    );
+    assert!(dead.is_empty(), "no stray was dead-lettered");
+}
