@@ -160,8 +160,6 @@ pub(crate) fn copy_consumed(message: &BorrowedMessage<'_>) -> OwnedMessage {
     InputRecord::copy_of(message, Arc::from(message.topic())).to_owned_message()
 }
 
-/// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
-/// panic on a header name that is not UTF-8).
 /// The last value of a header of a consumed record (Kafka allows repeated headers; the last one
 /// wins), read in place, without copying the record (`None`: no such header, or a null value).
 /// Header names that are not UTF-8 never equal `name`.
@@ -173,6 +171,8 @@ pub(crate) fn last_header_in<'m>(message: &'m BorrowedMessage<'_>, name: &str) -
         .and_then(|(_, v)| *v)
 }
 
+/// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
+/// panic on a header name that is not UTF-8).
 fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<HeaderList<'m, [u8]>> {
     use rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
     let mut list = std::ptr::null_mut();

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -76,6 +75,9 @@ impl SagaWatch {
                 )
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
+                // Partitions start at their beginning; should that be deleted meanwhile
+                // (retention), the earliest record left.
+                .set("auto.offset.reset", "earliest")
                 .create()?,
         );
         let discovery = tokio::spawn(discover(consumer.clone(), topics.to_vec()));
