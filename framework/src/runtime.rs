@@ -711,9 +711,10 @@ struct Completion {
 /// Finished records on their way from the async workers to the consumer thread.
 ///
 /// A locked `Vec` the consumer thread swaps for an empty one, not a channel: `std::sync::mpsc`
-/// allocates a block of 31 slots (2.5 KB) every 31 messages, and glibc's malloc consolidates
-/// every free small chunk of the arena on each request of that size (a profile of the chain
-/// benchmark: a tenth of the workers' time in `send_completion`, mostly `malloc_consolidate`).
+/// allocates a block of 31 slots (2.5 KB) every 31 messages, and before each request of that
+/// size glibc's malloc merges all the arena's fast-bin chunks (small freed chunks) back into its
+/// bins (a profile of the chain benchmark: a tenth of the workers' time in `send_completion`,
+/// mostly `malloc_consolidate`).
 #[derive(Default)]
 struct Completions {
     queue: Mutex<CompletionQueue>,
@@ -1086,7 +1087,7 @@ impl Drop for AbortOnDrop {
 
 /// Records on their way from the consumer thread to the dispatcher: a locked `Vec` each side
 /// swaps or appends, not a channel of batches, for the reason [`Completions`] gives (every
-/// batch was a new list, over the size glibc's malloc consolidates its free chunks for).
+/// batch was a new list, over the size for which glibc's malloc consolidates first).
 #[derive(Default)]
 struct JobQueue {
     inner: Mutex<JobQueueInner>,
@@ -1455,8 +1456,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             event_id = %event.id,
         );
         // Boxed: with it inline, a lane's task took 1,088 bytes, which glibc's malloc serves from
-        // its large bins, consolidating every free small chunk first (a profile of the chain
-        // benchmark); apart, both allocations stay small.
+        // its large bins, merging all fast-bin chunks first (a profile of the chain benchmark);
+        // apart, both allocations stay small.
         let finish = Box::pin(
             self.process_event(&job, &sink, &event, started_at)
                 .instrument(span.clone()),
