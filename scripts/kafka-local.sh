@@ -527,14 +527,23 @@ on_signal() {
 
 # wait_started <deadline> <node>...: until each node's log (since its launch) says READY_LINE.
 wait_started() {
-  local deadline=$1 i pid t0=$SECONDS
+  local deadline=$1 i pid rec t0=$SECONDS
   shift
   local -a pending=("$@") still
   while ((${#pending[@]})); do
     still=()
     for i in "${pending[@]}"; do
       if ! pid=$(node_pid "$i"); then
-        fail_start "node $i exited during start-up (pid $(cat "$(node_dir "$i")/kafka.pid" 2>/dev/null || echo '?'))" "$i"
+        # Just launched, the process may not have exec'd java yet (its command line is still
+        # the shell's, so node_pid does not recognise it): only a recorded process that is gone
+        # has exited. (CI, 2026-11-25: a restarted node was declared dead this way, then found
+        # running and stopped.)
+        rec=$(cat "$(node_dir "$i")/kafka.pid" 2>/dev/null || true)
+        if is_uint "$rec" && pid_alive "$rec"; then
+          still+=("$i")
+          continue
+        fi
+        fail_start "node $i exited during start-up (pid ${rec:-?})" "$i"
       fi
       if log_says_started "$i"; then
         info "node $i: '$READY_LINE' after $((SECONDS - t0)) s"
