@@ -143,7 +143,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(config: &KafkaConfig, mode: Mode) -> Self {
+    fn start(config: &KafkaConfig, mode: Mode) -> Self {
         let reader = config
             .clone()
             .with("isolation.level", mode.isolation_level());
@@ -654,7 +654,7 @@ async fn chaos_run(mode: Mode) {
         .collect();
 
     let config = testkit::isolated_config();
-    let mut fleet = Fleet::start(&config, mode).await;
+    let mut fleet = Fleet::start(&config, mode);
     let started = Instant::now();
     let feed = Feed::start(&config, n, per_second);
     for (at, victim, down) in &schedule {
@@ -700,7 +700,7 @@ async fn broker_restart(mode: Mode) {
     let n = 400 * scale();
     let cluster = Arc::new(blocking(|| KafkaCluster::start(1)).await);
     let config = isolated(cluster.bootstrap_servers());
-    let mut fleet = Fleet::start(&config, mode).await;
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 20.0);
     fleet
         .wait_until_ended(&feed, n as usize / 4, Duration::from_secs(180))
@@ -791,7 +791,7 @@ async fn broker_loss(mode: Mode) {
     let cluster = Arc::new(blocking(|| KafkaCluster::start(3)).await);
     let mut config = isolated(cluster.bootstrap_servers());
     config.topics.replication_factor = 3;
-    let mut fleet = Fleet::start(&config, mode).await;
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 20.0);
     fleet
         .wait_until_ended(&feed, n as usize / 5, Duration::from_secs(240))
@@ -1118,7 +1118,7 @@ fn a_poison_record_does_not_block_its_busy_partition_and_is_replayed_once_at_lea
 async fn coupon_rebalance(mode: Mode) {
     let n = 1200 * scale();
     let config = testkit::isolated_config();
-    let mut fleet = Fleet::start(&config, mode).await;
+    let mut fleet = Fleet::start(&config, mode);
     let feed = Feed::start(&config, n, 30.0);
     let total = n as usize;
 
