@@ -1,9 +1,11 @@
 //! The harness: broker, topics, service processes, measurements, in that order.
 //!
-//! Per repetition × workload × implementation (implementations interleaved, so slow drift of
-//! the machine spreads over all of them): fresh topics under a unique prefix, the service
-//! processes, a warm-up batch (which also waits out the consumer-group joins), a saturation
-//! batch (throughput and CPU), a fixed-rate batch (latency), then peak RSS, stop, delete topics.
+//! After the broker's warm-up, one unmeasured run per workload × mode (`--warmup-runs`). Then
+//! per repetition × workload × implementation (implementations interleaved, so slow drift of
+//! the machine spreads over all of them, and each repetition starting at another place in the
+//! list): fresh topics under a unique prefix, the service processes, a warm-up batch (which also
+//! waits out the consumer-group joins), a fixed-rate batch (latency), a saturation batch
+//! (throughput and CPU), then peak RSS, stop, delete topics.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -161,16 +163,31 @@ fn measure_all(
     say("warming the broker up".into());
     warm_broker(&rt, &admin, brokers, &format!("bench.{run_id}.warmup"))?;
 
-    let per_rep = args
+    // Per workload, the measured (mode, implementation) pairs in the list's order, modes
+    // interleaved with implementations.
+    let pairs: Vec<(Mode, Implementation)> = args
         .modes
         .iter()
-        .flat_map(|&m| {
-            args.impls
-                .iter()
-                .filter(move |i| i.unavailable(m).is_none())
-        })
-        .count();
-    let total = args.reps * args.workloads.len() * per_rep;
+        .flat_map(|&m| args.impls.iter().map(move |&i| (m, i)))
+        .filter(|(m, i)| i.unavailable(*m).is_none())
+        .collect();
+    // Per workload and mode, the first implementation of the list that has the mode.
+    let firsts: Vec<(Mode, Implementation)> = args
+        .modes
+        .iter()
+        .filter_map(|&m| pairs.iter().find(|(pm, _)| *pm == m).copied())
+        .collect();
+    let warmups: Vec<(Workload, Mode, Implementation)> = args
+        .workloads
+        .iter()
+        .flat_map(|&w| firsts.iter().map(move |&(m, i)| (w, m, i)))
+        .collect();
+    let warmups = if args.warmup_runs == 0 {
+        Vec::new()
+    } else {
+        warmups.repeat(args.warmup_runs)
+    };
+    let total = warmups.len() + args.reps * args.workloads.len() * pairs.len();
     let overall = multi.add(ProgressBar::new(total as u64));
     overall.set_style(
         ProgressStyle::with_template(
@@ -184,69 +201,85 @@ fn measure_all(
             .expect("valid template"),
     );
 
+    // One configuration; repetition 0 is an unmeasured warm-up run.
+    let measure = |workload: Workload, mode: Mode, implementation: Implementation, rep: usize| {
+        let label = if rep == 0 {
+            format!(
+                "warm-up: {} {} {}",
+                implementation.name(),
+                mode.short(),
+                workload.name()
+            )
+        } else {
+            format!(
+                "{} {} {} #{rep}",
+                implementation.name(),
+                mode.short(),
+                workload.name()
+            )
+        };
+        overall.set_message(label.clone());
+        let prefix = format!(
+            "bench.{run_id}.{}.{}.{}.r{rep}.",
+            implementation.name(),
+            mode.short(),
+            workload.name()
+        );
+        let run = measure_one(
+            &rt,
+            &admin,
+            args,
+            Config {
+                implementation,
+                mode,
+                workload,
+                rep,
+                brokers,
+                prefix: &prefix,
+                exe,
+                watermill,
+                logs,
+                broker_pid,
+            },
+            &phase,
+        )
+        .with_context(|| format!("measuring {label}"));
+        let _ = delete_topics(&rt, &admin, &prefix);
+        let run = run?;
+        say(format!(
+            "{label:32} {:7.0} sagas/s  load {:.1}  p50 {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms (last hop to driver p50 {:.1} p99 {:.1})  CPU {:.2} s/1k   RSS {}",
+            run.throughput_sagas_per_s,
+            run.load_average.1,
+            run.latency_ms.p50,
+            run.latency_ms.p99,
+            run.latency_ms.max,
+            run.driver_observation_ms.p50,
+            run.driver_observation_ms.p99,
+            run.cpu_s_per_1k_sagas,
+            run.peak_rss_mib
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        overall.inc(1);
+        anyhow::Ok(run)
+    };
+
+    for &(workload, mode, implementation) in &warmups {
+        measure(workload, mode, implementation, 0)?;
+    }
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
+        // Each repetition starts at another place in the list, so that whatever the first
+        // configurations of a repetition pay (a broker still settling) is not always charged
+        // to the same implementation.
+        let mut order = pairs.clone();
+        let start = (rep - 1) * order.len() / args.reps;
+        order.rotate_left(start);
         for &workload in &args.workloads {
-            for (&mode, &implementation) in args
-                .modes
-                .iter()
-                .flat_map(|m| args.impls.iter().map(move |i| (m, i)))
-            {
-                if implementation.unavailable(mode).is_some() {
-                    continue;
-                }
-                let label = format!(
-                    "{} {} {} #{rep}",
-                    implementation.name(),
-                    mode.short(),
-                    workload.name()
-                );
-                overall.set_message(label.clone());
-                let prefix = format!(
-                    "bench.{run_id}.{}.{}.{}.r{rep}.",
-                    implementation.name(),
-                    mode.short(),
-                    workload.name()
-                );
-                let run = measure_one(
-                    &rt,
-                    &admin,
-                    args,
-                    Config {
-                        implementation,
-                        mode,
-                        workload,
-                        rep,
-                        brokers,
-                        prefix: &prefix,
-                        exe,
-                        watermill,
-                        logs,
-                        broker_pid,
-                    },
-                    &phase,
-                )
-                .with_context(|| format!("measuring {label}"));
-                let _ = delete_topics(&rt, &admin, &prefix);
-                let run = run?;
-                say(format!(
-                    "{label:32} {:7.0} sagas/s  load {:.1}  p50 {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms (last hop to driver p50 {:.1} p99 {:.1})  CPU {:.2} s/1k   RSS {}",
-                    run.throughput_sagas_per_s,
-                    run.load_average.1,
-                    run.latency_ms.p50,
-                    run.latency_ms.p99,
-                    run.latency_ms.max,
-                    run.driver_observation_ms.p50,
-                    run.driver_observation_ms.p99,
-                    run.cpu_s_per_1k_sagas,
-                    run.peak_rss_mib
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.1}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                runs.push(run);
-                overall.inc(1);
+            for &(mode, implementation) in &order {
+                runs.push(measure(workload, mode, implementation, rep)?);
             }
         }
     }
@@ -465,6 +498,7 @@ fn measure_one(
         };
         let heap_profile = match (&args.heap_profile_dir, c.implementation) {
             (None, _) | (_, Implementation::Watermill) => None,
+            _ if c.rep == 0 => None,
             (Some(dir), _) => Some(dir.join(format!("{stem}-{}.heaptrack.zst", role.name()))),
         };
         services.procs.push(ServiceProcess::spawn(
@@ -514,7 +548,11 @@ fn measure_one(
         // CPU while stopped does not move, so sampling before the backlog is published is
         // the same as sampling at the resume.
         set_phase("saturation (backlog)", args.sagas);
-        services.profile = args.profile_dir.as_ref().map(|d| (d.clone(), stem.clone()));
+        services.profile = args
+            .profile_dir
+            .as_ref()
+            .filter(|_| c.rep > 0)
+            .map(|d| (d.clone(), stem.clone()));
         let broker_cpu = || {
             c.broker_pid
                 .and_then(|p| procs::cpu_seconds(p).ok())

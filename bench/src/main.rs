@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// Sagas of the warm-up batch before measuring each configuration.
     #[arg(long, default_value_t = 200)]
     pub warmup_sagas: usize,
+    /// Unmeasured runs of each workload × mode before the measured repetitions (the first
+    /// implementation of the list that has the mode), so the broker's JIT, caches, group and
+    /// transaction coordinators are warm for every measured configuration alike; 0: none.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_runs: usize,
     /// Repetitions of each configuration.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
