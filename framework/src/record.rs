@@ -79,7 +79,16 @@ impl InputRecord {
     /// Header names that are not UTF-8 are kept with U+FFFD for the bad bytes (rdkafka's own
     /// header accessors panic on them; Kafka allows any bytes).
     pub(crate) fn copy_of(message: &BorrowedMessage<'_>, topic: Arc<str>) -> Self {
-        let raw_headers = raw_headers(message);
+        Self::copy_with(message, topic, raw_headers(message))
+    }
+
+    /// [`copy_of`](Self::copy_of), with the record's headers as [`raw_headers`] read them
+    /// (the runtime reads them first, to skip records of types it does not handle).
+    pub(crate) fn copy_with<'m>(
+        message: &'m BorrowedMessage<'_>,
+        topic: Arc<str>,
+        raw_headers: Option<RawHeaders<'m>>,
+    ) -> Self {
         let key = message.key();
         let payload = message.payload();
         let size = key.map_or(0, <[u8]>::len)
@@ -160,20 +169,23 @@ pub(crate) fn copy_consumed(message: &BorrowedMessage<'_>) -> OwnedMessage {
     InputRecord::copy_of(message, Arc::from(message.topic())).to_owned_message()
 }
 
-/// The last value of a header of a consumed record (Kafka allows repeated headers; the last one
-/// wins), read in place, without copying the record (`None`: no such header, or a null value).
-/// Header names that are not UTF-8 never equal `name`.
-pub(crate) fn last_header_in<'m>(message: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
-    raw_headers(message)?
+/// The last value of a header among a consumed record's [`raw_headers`] (Kafka allows repeated
+/// headers; the last one wins), read in place, without copying the record (`None`: no such
+/// header, or a null value). Header names that are not UTF-8 never equal `name`.
+pub(crate) fn last_header_in<'m>(headers: Option<&RawHeaders<'m>>, name: &str) -> Option<&'m [u8]> {
+    headers?
         .iter()
         .rev()
         .find(|(n, _)| *n == name.as_bytes())
         .and_then(|(_, v)| *v)
 }
 
+/// A consumed record's headers, names as bytes, borrowed from the record.
+pub(crate) type RawHeaders<'m> = HeaderList<'m, [u8]>;
+
 /// A consumed record's headers (`None`: it has none), read without rdkafka's accessors (which
 /// panic on a header name that is not UTF-8).
-fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<HeaderList<'m, [u8]>> {
+pub(crate) fn raw_headers<'m>(message: &'m BorrowedMessage<'_>) -> Option<RawHeaders<'m>> {
     use rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
     let mut list = std::ptr::null_mut();
     // Parses the headers into a list the message owns (and frees).

@@ -1022,7 +1022,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             topic_prefix: self.config.topic_prefix.clone(),
             batching,
             saga_state: changelog.zip(store),
-            tails: TailQueue::default(),
+            tails: HandOff::default(),
             handled_log,
             saga_log: self.options.saga_log,
             exactly_once,
@@ -1085,55 +1085,101 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Records on their way from the consumer thread to the dispatcher: a locked `Vec` each side
-/// swaps or appends, not a channel of batches, for the reason [`Completions`] gives (every
-/// batch was a new list, over the size for which glibc's malloc consolidates first).
-#[derive(Default)]
-struct JobQueue {
-    inner: Mutex<JobQueueInner>,
+/// A hand-off to one async reader: a locked `Vec` the writers append to and the reader swaps
+/// for its own, not a channel, for the reason [`Completions`] gives (a channel allocates a block
+/// every 31 or 32 items, and lists of batches were new `Vec`s over the size for which glibc's
+/// malloc consolidates first). Both sides keep their `Vec`s' capacity.
+struct HandOff<T> {
+    inner: Mutex<HandOffInner<T>>,
     /// Notified when the queue stops being empty.
     ready: Notify,
 }
 
-#[derive(Default)]
-struct JobQueueInner {
-    /// Boxed, as the lanes keep them: handing a job on moves a pointer, not 400 bytes.
-    #[allow(clippy::vec_box)]
-    jobs: Vec<Box<Job>>,
-    /// The dispatcher is gone (the runtime future was dropped).
+struct HandOffInner<T> {
+    items: Vec<T>,
+    /// The reader is gone: what is handed over now is dropped.
     closed: bool,
 }
 
-impl JobQueue {
-    /// Moves `jobs` to the queue (leaving it empty, with its capacity); false once the
-    /// dispatcher is gone.
-    #[allow(clippy::vec_box)]
-    fn hand_over(&self, jobs: &mut Vec<Box<Job>>) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+impl<T> Default for HandOff<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(HandOffInner {
+                items: Vec::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+        }
+    }
+}
+
+impl<T> HandOff<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandOffInner<T>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one item; false (and the item dropped) once the reader is gone.
+    fn push(&self, item: T) -> bool {
+        let mut inner = self.lock();
         if inner.closed {
-            jobs.clear();
             return false;
         }
-        if jobs.is_empty() {
+        inner.items.push(item);
+        if inner.items.len() == 1 {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Moves `items` to the queue (leaving it empty, with its capacity); false (and the items
+    /// dropped) once the reader is gone.
+    fn append(&self, items: &mut Vec<T>) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            items.clear();
+            return false;
+        }
+        if items.is_empty() {
             return true;
         }
-        let was_empty = inner.jobs.is_empty();
-        inner.jobs.append(jobs);
+        let was_empty = inner.items.is_empty();
+        inner.items.append(items);
         if was_empty {
             self.ready.notify_one();
         }
         true
     }
+
+    /// The reader: swaps `batch` (empty) with what is queued, waiting until something is.
+    async fn take(&self, batch: &mut Vec<T>) {
+        loop {
+            std::mem::swap(batch, &mut self.lock().items);
+            if !batch.is_empty() {
+                return;
+            }
+            // (An item queued since the swap has left a permit: this returns at once.)
+            self.ready.notified().await;
+        }
+    }
+
+    /// The reader is gone: drops what is queued and refuses what comes.
+    fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.items.clear();
+    }
 }
+
+/// Records on their way from the consumer thread to the dispatcher, boxed as the lanes keep
+/// them (handing a job on moves a pointer, not 400 bytes).
+type JobQueue = HandOff<Box<Job>>;
 
 /// Closes the job queue when the dispatcher's future is dropped.
 struct CloseOnDrop(Arc<JobQueue>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        let mut inner = self.0.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.closed = true;
-        inner.jobs.clear();
+        self.0.close();
     }
 }
 
@@ -1149,22 +1195,18 @@ async fn dispatch_loop<S: Clone + Send + Sync + 'static>(
     let mut workers = JoinSet::new();
     workers.spawn(worker.clone().write_tails());
     // Swapped with the queue's each turn, so both keep their capacity.
+    #[allow(clippy::vec_box)]
     let mut batch: Vec<Box<Job>> = Vec::new();
     loop {
-        std::mem::swap(
-            &mut batch,
-            &mut queue.inner.lock().unwrap_or_else(|e| e.into_inner()).jobs,
-        );
+        tokio::select! {
+            _ = queue.take(&mut batch) => {}
+            // Finished lanes' tasks are freed when joined.
+            Some(_) = workers.join_next(), if !workers.is_empty() => {}
+        }
         for job in batch.drain(..) {
             dispatch(job, &lanes, &worker, &mut workers);
         }
-        // Finished lanes' tasks are freed when joined.
         while workers.try_join_next().is_some() {}
-        tokio::select! {
-            // (Records queued since the swap have left a permit: this returns at once.)
-            _ = queue.ready.notified() => {}
-            Some(_) = workers.join_next(), if !workers.is_empty() => {}
-        }
     }
 }
 
@@ -1260,8 +1302,8 @@ struct Worker<S> {
     handled_log: Option<(String, HandledLog)>,
     /// Write saga-log steps.
     saga_log: bool,
-    /// To the tail writer (at-least-once mode).
-    tails: TailQueue,
+    /// Finished inputs' tails on their way to the tail writer (at-least-once mode).
+    tails: HandOff<Tail>,
     exactly_once: bool,
     /// The producer's `message.max.bytes` (exactly-once mode checks records against it before
     /// they go into a transaction).
@@ -1358,17 +1400,6 @@ struct Tail {
     step: Option<OutRecord>,
     marker: Option<Marker>,
     completion: Completion,
-}
-
-/// Finished inputs' tails on their way to the tail writer: a locked `Vec` the writer swaps for
-/// its own, not a channel, for the reason [`Completions`] gives (a channel allocates a block
-/// every 32 tails, and the writer's batches were new `Vec`s of up to 200 KB, each allocated and
-/// freed: in a profile of the chain benchmark, glibc consolidated its free chunks on those).
-#[derive(Default)]
-struct TailQueue {
-    tails: Mutex<Vec<Tail>>,
-    /// Notified when the queue stops being empty.
-    ready: Notify,
 }
 
 /// A handled event to remember durably: its marker goes to the partition's marker record.
@@ -1525,11 +1556,8 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
             marker,
             completion,
         };
-        let mut tails = self.tails.tails.lock().unwrap_or_else(|e| e.into_inner());
-        tails.push(tail);
-        if tails.len() == 1 {
-            self.tails.ready.notify_one();
-        }
+        // (Never closed: the tail writer lives as long as the lanes that hand it tails.)
+        self.tails.push(tail);
     }
 
     /// The tail writer (at-least-once): takes the finished inputs' tails in batches, writes
@@ -1541,15 +1569,7 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         // Swapped with the queue each turn, so both keep their capacity.
         let mut batch: Vec<Tail> = Vec::new();
         loop {
-            std::mem::swap(
-                &mut batch,
-                &mut *this.tails.tails.lock().unwrap_or_else(|e| e.into_inner()),
-            );
-            if batch.is_empty() {
-                // (A tail queued since the swap has left a permit: this returns at once.)
-                this.tails.ready.notified().await;
-                continue;
-            }
+            this.tails.take(&mut batch).await;
             while !batch.is_empty() {
                 let n = batch.len().min(TAIL_BATCH);
                 this.write_tail_batch(&mut batch[..n]).await;
@@ -2725,7 +2745,7 @@ impl RuntimeContext {
     /// gone.
     fn hand_over(&self) -> bool {
         let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        self.jobs.hand_over(&mut taken)
+        self.jobs.append(&mut taken)
     }
 
     /// Applies finished records to the book (waiting up to `wait` for the first one).
@@ -3171,7 +3191,8 @@ impl ConsumerThread {
                     .cloned()
                     .unwrap_or_else(|| Arc::from(message.topic()));
                 // Read in place: a record of a type this service does not handle is not copied.
-                let unhandled = crate::record::last_header_in(&message, headers::TYPE)
+                let raw_headers = crate::record::raw_headers(&message);
+                let unhandled = crate::record::last_header_in(raw_headers.as_ref(), headers::TYPE)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(|t| !self.handled.contains(t))
                     .unwrap_or(false);
@@ -3215,7 +3236,7 @@ impl ConsumerThread {
                 }
                 drop(book);
                 let job = Box::new(Job {
-                    message: InputRecord::copy_of(&message, topic.clone()),
+                    message: InputRecord::copy_with(&message, topic.clone(), raw_headers),
                     epoch,
                     seq,
                     state_generation: ctx
