@@ -457,7 +457,7 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
         );
         // The same split for the tail: raw with the framework's durable work, and the framework
         // without it.
-        if let (Some(_), Some(r)) = (alo, raw_alo) {
+        if let Some(r) = alo.and(raw_alo) {
             let raw_p99 = r.latency_p99_ms.median;
             let others: Vec<String> = [Implementation::RawLogged, Implementation::ChoreographBare]
                 .into_iter()
