@@ -591,6 +591,16 @@ fn measure_one(
             latency_sagas: args.latency_sagas,
             offered_rate: args.rate,
             latency_ms: Percentiles::of(&fixed.latencies()),
+            latency_us: {
+                let mut sagas = fixed.sagas.clone();
+                sagas.sort_unstable_by_key(|&(start, _)| start);
+                sagas
+                    .iter()
+                    .map(|&(start, end)| {
+                        u32::try_from((end - start).as_micros()).unwrap_or(u32::MAX)
+                    })
+                    .collect()
+            },
             driver_observation_ms: Percentiles::of(&fixed.observation),
             cpu_s_per_1k_sagas: (cpu1.0 - cpu0.0) / args.sagas as f64 * 1000.0,
             broker_cpu_s_per_1k_sagas: broker0

@@ -116,7 +116,10 @@ pub(crate) fn run(args: &ServiceArgs) -> anyhow::Result<()> {
         max_in_flight,
     } = *args;
     let bare = implementation == Implementation::ChoreographBare;
-    let mut config = KafkaConfig::new(brokers)?;
+    // The configuration a service binary reads from its environment (`CHOREOGRAPH_KAFKA_<NAME>`
+    // librdkafka properties, ...), inherited from the harness: for what-if runs of the framework
+    // alone (`-X` sets a property for the raw services too).
+    let mut config = KafkaConfig::from_env_with(Some(brokers))?;
     config.topic_prefix = prefix.to_owned();
     for (k, v) in properties {
         config.set(k, v);
