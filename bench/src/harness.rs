@@ -61,6 +61,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
 
+    let variables = choreograph_variables();
+    if !variables.is_empty() {
+        eprintln!(
+            "the framework's services read these from the environment (not a default run): {variables}"
+        );
+    }
+
     let watermill = if args.impls.contains(&Implementation::Watermill) {
         Some(build_watermill(&bench_dir, &exe)?)
     } else {
@@ -844,8 +851,21 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The `CHOREOGRAPH_*` variables of the harness's environment, which the framework's service
+/// processes inherit and read (`KEY=VALUE`, space-separated; empty when none is set).
+fn choreograph_variables() -> String {
+    let mut vars: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CHOREOGRAPH_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vars.sort();
+    vars.join(" ")
+}
+
 fn environment(args: &RunArgs) -> BTreeMap<&'static str, String> {
     let mut env = BTreeMap::new();
+    // A what-if run must be told from a default one.
+    env.insert("choreograph_variables", choreograph_variables());
     env.insert(
         "cpus",
         std::thread::available_parallelism()

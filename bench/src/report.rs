@@ -182,8 +182,9 @@ pub struct Summary {
     pub latency_p99_ms: Spread,
     pub latency_max_ms: Spread,
     /// Percentiles of the fixed-rate latencies of all repetitions together (`None` when a
-    /// repetition has no samples recorded): with 500 sagas a batch, one batch's p99 is its
-    /// 5th-worst saga, so a single stall moves it; pooled, the p99 of 3 × 500 is the 15th-worst.
+    /// repetition has no samples recorded): with 500 sagas a batch, one batch's p99 (nearest
+    /// rank) is its 6th-worst saga, so a single stall moves it; pooled, the p99 of 3 × 500 is
+    /// the 16th-worst.
     pub latency_pooled_ms: Option<Percentiles>,
     pub cpu_s_per_1k_sagas: Spread,
     /// The broker's CPU per 1,000 sagas over the saturation batch.
