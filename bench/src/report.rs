@@ -484,18 +484,12 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
         );
         // The same split for the tail: raw with the framework's durable work, and the framework
         // without it.
-        if let Some(r) = alo.and(raw_alo) {
-            let raw_p99 = r.latency_p99_ms.median;
+        if alo.and(raw_alo).is_some() {
             let others: Vec<String> = [Implementation::RawLogged, Implementation::ChoreographBare]
                 .into_iter()
                 .filter_map(|i| {
-                    find(w, Mode::AtLeastOnce, i).map(|s| {
-                        format!(
-                            "{}: {:.2}× raw",
-                            i.name(),
-                            s.latency_p99_ms.median / raw_p99
-                        )
-                    })
+                    let vs = find(w, Mode::AtLeastOnce, i)?.vs_raw?;
+                    Some(format!("{}: {:.2}× raw", i.name(), vs.latency_p99))
                 })
                 .collect();
             if !others.is_empty() {
@@ -725,14 +719,12 @@ pub fn markdown(
             .iter()
             .filter_map(|s| {
                 let p = s.latency_pooled_ms.as_ref()?;
-                let vs = match (
-                    s.implementation,
-                    s.vs_raw.and_then(|v| v.latency_p99_pooled),
-                ) {
-                    (Implementation::Raw, _) => String::new(),
-                    (_, Some(r)) => format!(" ({r:.2}× raw)"),
-                    (_, None) => String::new(),
-                };
+                // (Raw has no ratio to itself: its `vs_raw` is `None`.)
+                let vs = s
+                    .vs_raw
+                    .and_then(|v| v.latency_p99_pooled)
+                    .map(|r| format!(" ({r:.2}× raw)"))
+                    .unwrap_or_default();
                 Some(format!(
                     "{} {} p50 {:.1} / p99 {:.1}{vs} / max {:.1}",
                     s.implementation.name(),
