@@ -2226,9 +2226,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
     }
 }
 
-/// What a service consumer's fetch responses may hold over all its input partitions (bytes): it
-/// sets `max.partition.fetch.bytes` unless configured.
+/// What one fetch response of a service consumer may hold (bytes): its `fetch.max.bytes` unless
+/// configured (at least the client's `message.max.bytes`, which librdkafka requires). The bound is
+/// on the response, not on each partition: a record batch larger than a partition's share is
+/// returned only as the first of a response, so a per-partition share below the batches a
+/// producer writes (librdkafka's `batch.size` is 1 MB) had a backlog read one partition at a time
+/// (see [`ConsumerThread::consumer`]).
 const FETCH_BUDGET: usize = 1024 * 1024;
+
+/// A service consumer's `fetch.max.bytes` unless configured: [`FETCH_BUDGET`], or the client's
+/// `message.max.bytes` when that is set higher (librdkafka refuses a smaller `fetch.max.bytes`).
+fn fetch_max_bytes(properties: &std::collections::BTreeMap<String, String>) -> usize {
+    properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .max(FETCH_BUDGET)
+}
 
 /// The fewest records librdkafka keeps prefetched per input partition (`queued.min.messages`),
 /// unless the instance's `max_in_flight` is lower.
@@ -2989,9 +3003,7 @@ impl ConsumerThread {
         };
         let min_messages =
             prefetch_per_partition(self.options.max_in_flight, self.input_partitions).to_string();
-        let fetch_bytes = (FETCH_BUDGET / self.input_partitions.max(1))
-            .clamp(64 * 1024, 1024 * 1024)
-            .to_string();
+        let fetch_bytes = fetch_max_bytes(self.config.properties()).to_string();
         let defaults = [
             ("partition.assignment.strategy", strategy),
             ("auto.commit.interval.ms", "1000"),
@@ -3003,14 +3015,15 @@ impl ConsumerThread {
             // partition of what it may have in flight is enough to keep it busy
             // ([`prefetch_per_partition`]).
             ("queued.min.messages", min_messages.as_str()),
-            // A fetch response stays in memory whole while any of its records does, and holds
-            // up to this much per partition (librdkafka: 1 MiB): with 18 input partitions the
-            // benchmark's `activity` kept 8 MB of them under a backlog. A budget of 1 MiB over
-            // the input partitions instead (64 KiB to 1 MiB each): one fetch round then brings a
-            // few hundred records per partition, not a whole backlog (with 4 MiB, the chain's
-            // `svc1` held all 10,700 records of its backlog at its peak, 6 MB with their
-            // responses; heaptrack).
-            ("max.partition.fetch.bytes", fetch_bytes.as_str()),
+            // A fetch response stays in memory whole while any of its records does; librdkafka
+            // lets one hold the lesser of 50 MiB and `queued.max.messages.kbytes` (4 MiB here).
+            // 1 MiB per response instead, with `max.partition.fetch.bytes` left at librdkafka's
+            // 1 MiB: an earlier default shared 1 MiB over the input partitions (64 KiB each in
+            // the benchmark's `activity`), and since the broker returns a batch larger than a
+            // partition's share only as the first of a response, a backlog written in 1 MB
+            // batches was read one partition at a time (consumer lag in the log: one partition
+            // of six draining, the others untouched) and the whole pipeline with it.
+            ("fetch.max.bytes", fetch_bytes.as_str()),
             // When the prefetch queue is over that bound (the runtime took as much work as it
             // may), librdkafka postpones the partition's next fetch by this much. Its default,
             // 1 s, suits its own 64 MiB bound; its docs advise lowering it with a low one.
@@ -3023,10 +3036,7 @@ impl ConsumerThread {
             ("statistics.interval.ms", "30000"),
         ];
         for (k, v) in defaults {
-            // `fetch.message.max.bytes` is librdkafka's other name for it.
-            let alias = (k == "max.partition.fetch.bytes").then_some("fetch.message.max.bytes");
-            let props = self.config.properties();
-            if !props.contains_key(k) && !alias.is_some_and(|a| props.contains_key(a)) {
+            if !self.config.properties().contains_key(k) {
                 cc.set(k, v);
             }
         }
@@ -3329,6 +3339,23 @@ mod tests {
         assert_eq!(prefetch_per_partition(1000, 1), 1000);
         assert_eq!(prefetch_per_partition(40, 18), 40);
         assert_eq!(prefetch_per_partition(0, 0), 1);
+    }
+
+    #[test]
+    fn a_fetch_response_is_bounded_but_never_below_the_message_size() {
+        let mut props = std::collections::BTreeMap::new();
+        assert_eq!(fetch_max_bytes(&props), FETCH_BUDGET);
+        // librdkafka refuses `fetch.max.bytes` below `message.max.bytes`.
+        props.insert("message.max.bytes".to_owned(), "10000000".to_owned());
+        assert_eq!(fetch_max_bytes(&props), 10_000_000);
+        props.insert("message.max.bytes".to_owned(), "1000".to_owned());
+        assert_eq!(fetch_max_bytes(&props), FETCH_BUDGET);
+        // The budget itself is what librdkafka accepts with its default `message.max.bytes`.
+        let consumer: Result<rdkafka::consumer::BaseConsumer, _> = rdkafka::ClientConfig::new()
+            .set("group.id", "g")
+            .set("fetch.max.bytes", FETCH_BUDGET.to_string())
+            .create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
     }
 
     fn apply(vars: &[(&str, &str)]) -> Result<ServiceOptions, String> {
