@@ -74,6 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
+    let mut broker_data = None;
     let broker = match &args.brokers {
         Some(_) => None,
         None => {
@@ -81,16 +82,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .kafka_script
                 .clone()
                 .unwrap_or_else(|| bench_dir.join("../scripts/kafka-local.sh"));
+            let dir = broker_data_parent(args.broker_data.as_deref(), &work)
+                .join(format!("choreograph-bench-{}-kafka", std::process::id()));
             eprintln!(
-                "starting a benchmark broker on 127.0.0.1:{} (data in {})",
+                "starting a benchmark broker on 127.0.0.1:{} (data in {}, {})",
                 args.kafka_port,
-                work.join("kafka").display()
+                dir.display(),
+                filesystem_of(dir.parent().unwrap_or(&dir))
             );
-            Some(Broker::start(
-                &script,
-                &work.join("kafka"),
-                args.kafka_port,
-            )?)
+            broker_data = Some(format!(
+                "{} ({})",
+                dir.display(),
+                filesystem_of(dir.parent().unwrap_or(&dir))
+            ));
+            Some(Broker::start(&script, &dir, args.kafka_port)?)
         }
     };
     let brokers = args
@@ -125,7 +130,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         started_at: started_at.to_rfc3339(),
         finished_at: chrono::Utc::now().to_rfc3339(),
         command: std::env::args().collect(),
-        environment: environment(&args),
+        environment: environment(&args, broker_data),
         settings: &args,
         runs: &runs,
         summaries: &summaries,
@@ -251,7 +256,11 @@ fn measure_all(
             &phase,
         )
         .with_context(|| format!("measuring {label}"));
-        let _ = delete_topics(&rt, &admin, &prefix);
+        if args.keep_topics {
+            say(format!("{label}: topics kept, prefix `{prefix}`"));
+        } else {
+            let _ = delete_topics(&rt, &admin, &prefix);
+        }
         let run = run?;
         say(format!(
             "{label:32} {:7.0} sagas/s  load {:.1}  p50 {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms (last hop to driver p50 {:.1} p99 {:.1})  CPU {:.2} s/1k   RSS {}",
@@ -862,8 +871,50 @@ fn choreograph_variables() -> String {
     vars.join(" ")
 }
 
-fn environment(args: &RunArgs) -> BTreeMap<&'static str, String> {
+/// Where the broker the harness starts keeps its data: `--broker-data`, else /dev/shm when it
+/// is a writable tmpfs (no disk under the broker's memory-mapped index files), else the run's
+/// work folder in $TMPDIR.
+fn broker_data_parent(chosen: Option<&Path>, work: &Path) -> PathBuf {
+    if let Some(dir) = chosen {
+        return dir.to_owned();
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = shm.is_dir() && tempfile_probe(shm).is_ok() && filesystem_of(shm) == "tmpfs";
+    if writable {
+        shm.to_owned()
+    } else {
+        work.to_owned()
+    }
+}
+
+fn tempfile_probe(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".choreograph-bench-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// The type of the file system that holds `path` (the longest mount point of /proc/mounts that
+/// is a prefix of it), e.g. `tmpfs`, `ext4`; empty when unknown.
+pub(crate) fn filesystem_of(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), fstype.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fstype)| fstype)
+        .unwrap_or_default()
+}
+
+fn environment(args: &RunArgs, broker_data: Option<String>) -> BTreeMap<&'static str, String> {
     let mut env = BTreeMap::new();
+    // The started broker's data folder and its file system (tmpfs or a disk).
+    env.insert("broker_data", broker_data.unwrap_or_default());
     // A what-if run must be told from a default one.
     env.insert("choreograph_variables", choreograph_variables());
     env.insert(
@@ -921,4 +972,29 @@ fn environment(args: &RunArgs) -> BTreeMap<&'static str, String> {
         ),
     );
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_system_of_a_path_is_its_longest_mount_point() {
+        // /proc is procfs on every Linux; a path below it belongs to it too.
+        assert_eq!(filesystem_of(Path::new("/proc")), "proc");
+        assert_eq!(filesystem_of(Path::new("/proc/self/status")), "proc");
+        // / is mounted, so a path always has a file system.
+        assert!(!filesystem_of(Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn a_chosen_broker_folder_is_taken_as_given() {
+        let work = Path::new("/nonexistent/work");
+        assert_eq!(
+            broker_data_parent(Some(Path::new("/var/tmp")), work),
+            Path::new("/var/tmp")
+        );
+        let default = broker_data_parent(None, work);
+        assert!(default == Path::new("/dev/shm") || default == work);
+    }
 }

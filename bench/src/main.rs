@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// The broker script (default: scripts/kafka-local.sh of this repository).
     #[arg(long)]
     pub kafka_script: Option<PathBuf>,
+    /// The folder in which the broker the harness starts keeps its data (in a new subfolder,
+    /// deleted at the end). Default: /dev/shm when it is a writable tmpfs, else $TMPDIR. On a
+    /// disk, the first records written to a new topic's partitions page-fault the broker's
+    /// memory-mapped index files, and the kernel zero-fills their read-ahead: a stall of up to
+    /// half a second at the start of a batch, whatever the implementation (bench/README.md).
+    #[arg(long, conflicts_with = "brokers")]
+    pub broker_data: Option<PathBuf>,
     /// Implementations to measure, comma-separated.
     #[arg(
         long,
@@ -125,6 +132,11 @@ pub struct RunArgs {
     /// after a failed one. Service processes inherit RUST_LOG (default `warn`).
     #[arg(long)]
     pub keep_logs: bool,
+    /// Keep each configuration's topics (`bench.<run>.<impl>-<mode>-<workload>-r<rep>.*`)
+    /// instead of deleting them after it: for reading a run's records afterwards (timestamps
+    /// per hop). Only with `--brokers` (the broker the harness starts is deleted with its data).
+    #[arg(long, requires = "brokers")]
+    pub keep_topics: bool,
     /// Where the machine-readable results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.json"))]
     pub out: PathBuf,
