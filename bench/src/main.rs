@@ -132,7 +132,7 @@ pub struct RunArgs {
     /// after a failed one. Service processes inherit RUST_LOG (default `warn`).
     #[arg(long)]
     pub keep_logs: bool,
-    /// Keep each configuration's topics (`bench.<run>.<impl>-<mode>-<workload>-r<rep>.*`)
+    /// Keep each configuration's topics (`bench.<run>.<impl>.<mode>.<workload>.r<rep>.*`)
     /// instead of deleting them after it: for reading a run's records afterwards (timestamps
     /// per hop). Only with `--brokers` (the broker the harness starts is deleted with its data).
     #[arg(long, requires = "brokers")]

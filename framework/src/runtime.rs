@@ -199,8 +199,9 @@ pub struct ServiceOptions {
     /// own (default on; off: the follow-up events' producer writes them too). A producer has
     /// one request in flight per broker connection, so on a shared one a follow-up event waits
     /// behind any request of steps and markers, and every hop of a saga may: the benchmark's
-    /// registration p99 at 100 sagas/s was 2.2–3.4× raw's shared, 1.6–1.9× separate
-    /// (bench/README.md). The cost is a second connection per broker and its threads.
+    /// registration p99 at 100 sagas/s was 1.84× raw's shared, 1.43× separate (medians of 4
+    /// alternated rounds, bench/README.md). The cost is a second connection per broker and its
+    /// threads.
     /// Exactly-once mode writes everything in one transaction, with one producer.
     pub separate_tail_producer: bool,
 }
