@@ -82,20 +82,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .kafka_script
                 .clone()
                 .unwrap_or_else(|| bench_dir.join("../scripts/kafka-local.sh"));
-            let dir = broker_data_parent(args.broker_data.as_deref(), &work)
-                .join(format!("choreograph-bench-{}-kafka", std::process::id()));
+            let parent = broker_data_parent(args.broker_data.as_deref(), &work);
+            let dir = parent.join(format!("choreograph-bench-{}-kafka", std::process::id()));
+            let data = format!("{} ({})", dir.display(), filesystem_of(&parent));
             eprintln!(
-                "starting a benchmark broker on 127.0.0.1:{} (data in {}, {})",
-                args.kafka_port,
-                dir.display(),
-                filesystem_of(dir.parent().unwrap_or(&dir))
+                "starting a benchmark broker on 127.0.0.1:{} (data in {data})",
+                args.kafka_port
             );
-            broker_data = Some(format!(
-                "{} ({})",
-                dir.display(),
-                filesystem_of(dir.parent().unwrap_or(&dir))
-            ));
-            Some(Broker::start(&script, &dir, args.kafka_port)?)
+            let broker = Broker::start(&script, &dir, args.kafka_port)?;
+            broker_data = Some(data);
+            Some(broker)
         }
     };
     let brokers = args
