@@ -218,7 +218,11 @@ impl Catalogue {
             .iter_errors(&value)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+                // An error quotes the offending value, which can be the whole data: keep both
+                // ends (what it was, what it should be) of a long one.
+                let full = e.to_string();
+                let text = clip_middle(&full, 400);
+                format!("{}: {text}", if at.is_empty() { "/" } else { &at })
             })
             .collect();
         if errors.is_empty() {
@@ -230,6 +234,29 @@ impl Catalogue {
             })
         }
     }
+}
+
+/// `text`, when longer than `max` bytes, as its first and last `max / 2` bytes (on character
+/// boundaries) around a mark saying how long it was.
+fn clip_middle(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut head = max / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - max / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … [{} bytes cut] … {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+    .into()
 }
 
 #[cfg(test)]
@@ -263,6 +290,15 @@ mod tests {
             .validate("test.ping.v1", br#"{"n":1,"email":"not an address"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("/email"), "{err}");
+        // A long offending value is quoted by its ends: what it was and what it should be.
+        let long = format!(r#"{{"n":"{}"}}"#, "x".repeat(100_000));
+        let err = c.validate("test.ping.v1", long.as_bytes()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 1_000, "{} bytes", text.len());
+        assert!(
+            text.contains("is not of type") && text.contains("bytes cut"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -113,24 +113,44 @@ pub fn list(
         .collect())
 }
 
+/// Why [`replay_one`] refuses this dead letter, if it does: it is not a Choreograph dead letter
+/// (no `dlq_topic` header), or it was shrunk to fit (its value or its headers were dropped), so
+/// it is no longer the record that was dead-lettered. `dlq replay --dry-run` reports the same.
+pub fn refusal(letter: &DeadLetterRecord) -> Option<String> {
+    let origin = || {
+        format!(
+            "{}/{}/{}",
+            letter.original_topic, letter.original_partition, letter.original_offset
+        )
+    };
+    if letter.original_topic.is_empty() {
+        Some(format!(
+            "no `{}` header: not a Choreograph dead letter",
+            dlq::TOPIC
+        ))
+    } else if header_value(&letter.record, dlq::VALUE_DROPPED).as_deref() == Some("true") {
+        Some(format!(
+            "dead-lettered without its value (too large); replay it from {} by hand",
+            origin()
+        ))
+    } else if header_value(&letter.record, dlq::HEADERS_DROPPED).as_deref() == Some("true") {
+        Some(format!(
+            "dead-lettered without its value and headers (too large); replay it from {} by hand",
+            origin()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Sends one dead letter back to its original topic and records the replay.
 pub async fn replay_one(
     producer: &FutureProducer,
     config: &KafkaConfig,
     letter: &DeadLetterRecord,
 ) -> Result<(i32, i64), String> {
-    if letter.original_topic.is_empty() {
-        return Err(format!(
-            "{}: no `{}` header: not a Choreograph dead letter",
-            letter.id,
-            dlq::TOPIC
-        ));
-    }
-    if header_value(&letter.record, dlq::VALUE_DROPPED).as_deref() == Some("true") {
-        return Err(format!(
-            "{}: dead-lettered without its value (too large); replay it from {}/{}/{} by hand",
-            letter.id, letter.original_topic, letter.original_partition, letter.original_offset
-        ));
+    if let Some(why) = refusal(letter) {
+        return Err(format!("{}: {why}", letter.id));
     }
     let m = &letter.record;
     let mut headers = OwnedHeaders::new();

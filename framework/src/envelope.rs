@@ -176,6 +176,137 @@ pub enum DecodeError {
     Structured(String),
     #[error("structured-mode record: required attribute `{0}` is missing")]
     StructuredMissing(&'static str),
+    /// A `ce_` header, or `content-type`, appears more than once (Kafka allows repeated headers;
+    /// the binding maps each attribute to one header, so which one counts would be a guess).
+    #[error("header `{header}` appears more than once")]
+    RepeatedHeader { header: String },
+    /// A `ce_` header whose name is not `ce_` + a CloudEvents attribute name (lower-case
+    /// letters and digits).
+    #[error("header `{header}` is not a CloudEvents attribute (after `ce_`, an attribute name is lower-case letters and digits)")]
+    InvalidAttributeName { header: String },
+    /// The data's content type is one a typed handler cannot decode (it reads JSON).
+    #[error("content type `{content_type}` cannot be decoded: the handlers read JSON data (`application/json` or a `+json` type)")]
+    UnsupportedContentType { content_type: String },
+    /// The record key is not the correlation ID (see [`check_key`]).
+    #[error("{}", key_mismatch_text(.key.as_deref(), .correlation_id))]
+    KeyMismatch {
+        /// The key (lossy UTF-8, clipped); `None` when the record has no key.
+        key: Option<String>,
+        correlation_id: CorrelationId,
+    },
+}
+
+fn key_mismatch_text(key: Option<&str>, correlation_id: &CorrelationId) -> String {
+    match key {
+        None => format!("the record has no key; it must be the correlation ID `{correlation_id}` (every event of a saga is keyed by it)"),
+        Some(k) => format!("the record key `{k}` is not the correlation ID `{correlation_id}` (every event of a saga is keyed by it, in this form)"),
+    }
+}
+
+/// At most this many bytes of a header value or key are quoted in a [`DecodeError`].
+const QUOTE_MAX: usize = 200;
+
+/// `text`, cut to at most [`QUOTE_MAX`] bytes (on a character boundary) with a mark when cut.
+fn clip(text: &str) -> String {
+    if text.len() <= QUOTE_MAX {
+        return text.to_owned();
+    }
+    let mut end = QUOTE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+/// Checks the rule that ties a record to its saga: its key is the correlation ID, in the form
+/// Choreograph writes it (a lower-case hyphenated UUID), so that every event of the saga shares
+/// a partition number in every topic (per-saga state and tracing rely on it).
+pub fn check_key(key: Option<&[u8]>, event: &CloudEvent) -> Result<(), DecodeError> {
+    let mut expected = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    event
+        .correlation_id
+        .as_uuid()
+        .hyphenated()
+        .encode_lower(&mut expected);
+    match key {
+        Some(k) if k == &expected[..] => Ok(()),
+        other => Err(DecodeError::KeyMismatch {
+            key: other.map(|k| clip(&String::from_utf8_lossy(k))),
+            correlation_id: event.correlation_id,
+        }),
+    }
+}
+
+/// Checks that a typed handler can decode the event's data: no `datacontenttype` (JSON is
+/// assumed), `application/json`, or a `+json` type.
+pub fn check_json_data(event: &CloudEvent) -> Result<(), DecodeError> {
+    match event.content_type.as_deref() {
+        None => Ok(()),
+        Some(ct) if is_json_media(ct) => Ok(()),
+        Some(ct) => Err(DecodeError::UnsupportedContentType {
+            content_type: clip(ct),
+        }),
+    }
+}
+
+/// What can be read of a record that does not decode: enough to log its dead-lettering as a
+/// step of its saga, when its correlation ID is readable.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Salvaged {
+    pub correlation_id: Option<CorrelationId>,
+    pub id: Option<String>,
+    pub event_type: Option<String>,
+    pub source: Option<String>,
+    pub causation_id: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl Salvaged {
+    /// Reads what it can: binary-mode headers (the last of each, lossy UTF-8), else the
+    /// attributes of a structured-mode JSON object. Never fails.
+    pub(crate) fn of(record: RecordView<'_>) -> Self {
+        let header = |name: &str| {
+            record
+                .headers
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| *v)
+                .map(|v| clip(&String::from_utf8_lossy(v)))
+                .filter(|v| !v.is_empty())
+        };
+        let mut out = Self {
+            correlation_id: header(headers::CORRELATION_ID).and_then(|c| c.trim().parse().ok()),
+            id: header(headers::ID),
+            event_type: header(headers::TYPE),
+            source: header(headers::SOURCE),
+            causation_id: header(headers::CAUSATION_ID),
+            time: header(headers::TIME).and_then(|t| parse_time(&t).ok()),
+        };
+        if out.correlation_id.is_none() {
+            let json = record
+                .value
+                .filter(|v| v.first() == Some(&b'{'))
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+            if let Some(serde_json::Value::Object(map)) = json {
+                let get = |name: &str| {
+                    map.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(clip)
+                };
+                out = Self {
+                    correlation_id: get("correlationid").and_then(|c| c.trim().parse().ok()),
+                    id: get("id"),
+                    event_type: get("type"),
+                    source: get("source"),
+                    causation_id: get("causationid"),
+                    time: get("time").and_then(|t| parse_time(&t).ok()),
+                };
+            }
+        }
+        out
+    }
 }
 
 /// A Kafka record as the envelope sees it: key, value and headers, borrowed.
@@ -423,6 +554,17 @@ impl CloudEvent {
 
     /// Decodes a record in binary or structured mode.
     pub fn decode(record: RecordView<'_>) -> Result<(Self, ContentMode), DecodeError> {
+        if record
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == headers::CONTENT_TYPE)
+            .nth(1)
+            .is_some()
+        {
+            return Err(DecodeError::RepeatedHeader {
+                header: headers::CONTENT_TYPE.to_owned(),
+            });
+        }
         let content_type = header_str(record.headers, headers::CONTENT_TYPE)?;
         if let Some(ct) = content_type {
             if is_structured(ct) {
@@ -442,7 +584,8 @@ fn is_structured(content_type: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The last value of a header, as UTF-8 (Kafka allows repeated headers; the last one wins).
+/// The value of a header, as UTF-8 (binary mode checks first, in [`check_headers`], that no
+/// `ce_` header or `content-type` is repeated; for others, the last one wins).
 fn header_str<'a>(
     headers: &'a [(&'a str, Option<&'a [u8]>)],
     name: &'static str,
@@ -479,7 +622,7 @@ fn parse_time(value: &str) -> Result<DateTime<Utc>, DecodeError> {
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| DecodeError::InvalidAttribute {
             attribute: "time",
-            value: value.to_owned(),
+            value: clip(value),
             reason: format!("not an RFC 3339 timestamp ({e})"),
         })
 }
@@ -487,7 +630,7 @@ fn parse_time(value: &str) -> Result<DateTime<Utc>, DecodeError> {
 fn parse_correlation(value: &str) -> Result<CorrelationId, DecodeError> {
     value.parse().map_err(|e| DecodeError::InvalidAttribute {
         attribute: "correlationid",
-        value: value.to_owned(),
+        value: clip(value),
         reason: format!("not a UUID ({e})"),
     })
 }
@@ -496,7 +639,7 @@ fn check_spec_version(value: &str) -> Result<(), DecodeError> {
     if value == SPEC_VERSION {
         Ok(())
     } else {
-        Err(DecodeError::UnsupportedSpecVersion(value.to_owned()))
+        Err(DecodeError::UnsupportedSpecVersion(clip(value)))
     }
 }
 
@@ -507,8 +650,40 @@ fn non_empty(value: Option<&str>, attribute: &'static str) -> Result<Option<Stri
     }
 }
 
+/// Binary mode: every `ce_` header (and `content-type`) appears once, has a value that is
+/// UTF-8, and a `ce_` header's name is `ce_` + an attribute name (lower-case letters, digits).
+fn check_headers(h: &[(&str, Option<&[u8]>)]) -> Result<(), DecodeError> {
+    for (i, (name, value)) in h.iter().enumerate() {
+        let attribute = name.strip_prefix(headers::PREFIX);
+        if attribute.is_none() && *name != headers::CONTENT_TYPE {
+            continue;
+        }
+        if h[..i].iter().any(|(n, _)| n == name) {
+            return Err(DecodeError::RepeatedHeader { header: clip(name) });
+        }
+        if let Some(attribute) = attribute {
+            let valid = !attribute.is_empty()
+                && attribute
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !valid {
+                return Err(DecodeError::InvalidAttributeName { header: clip(name) });
+            }
+        }
+        match value {
+            None => return Err(DecodeError::NullHeader { header: clip(name) }),
+            Some(bytes) if std::str::from_utf8(bytes).is_err() => {
+                return Err(DecodeError::HeaderNotUtf8 { header: clip(name) })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn decode_binary(record: RecordView<'_>) -> Result<CloudEvent, DecodeError> {
     let h = record.headers;
+    check_headers(h)?;
     check_spec_version(required(h, headers::SPEC_VERSION, "specversion")?)?;
     let id = required(h, headers::ID, "id")?.to_owned();
     let event_type = required(h, headers::TYPE, "type")?.to_owned();
@@ -516,9 +691,9 @@ fn decode_binary(record: RecordView<'_>) -> Result<CloudEvent, DecodeError> {
     let time = parse_time(required(h, headers::TIME, "time")?)?;
     let correlation_id = parse_correlation(required(h, headers::CORRELATION_ID, "correlationid")?)?;
     let causation_id = non_empty(header_str(h, headers::CAUSATION_ID)?, "causationid")?;
-    let subject = header_str(h, headers::SUBJECT)?.map(str::to_owned);
-    let data_schema = header_str(h, headers::DATA_SCHEMA)?.map(str::to_owned);
-    let content_type = header_str(h, headers::CONTENT_TYPE)?.map(str::to_owned);
+    let subject = non_empty(header_str(h, headers::SUBJECT)?, "subject")?;
+    let data_schema = non_empty(header_str(h, headers::DATA_SCHEMA)?, "dataschema")?;
+    let content_type = non_empty(header_str(h, headers::CONTENT_TYPE)?, "datacontenttype")?;
     let traceparent = header_str(h, headers::TRACEPARENT)?.map(str::to_owned);
     let tracestate = header_str(h, headers::TRACESTATE)?.map(str::to_owned);
 
@@ -536,10 +711,10 @@ fn decode_binary(record: RecordView<'_>) -> Result<CloudEvent, DecodeError> {
     let mut extensions = BTreeMap::new();
     for (name, value) in h {
         if let Some(ext) = name.strip_prefix(headers::PREFIX) {
-            if KNOWN.contains(name) || ext.is_empty() {
+            if KNOWN.contains(name) {
                 continue;
             }
-            // Extension headers are optional: a null or non-UTF-8 one is dropped, not fatal.
+            // (check_headers made sure it has a UTF-8 value.)
             if let Some(Ok(v)) = value.map(std::str::from_utf8) {
                 extensions.insert(ext.to_owned(), v.to_owned());
             }
@@ -577,7 +752,7 @@ fn decode_structured(value: &[u8]) -> Result<CloudEvent, DecodeError> {
             Some(serde_json::Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(DecodeError::InvalidAttribute {
                 attribute: name,
-                value: other.to_string(),
+                value: clip(&other.to_string()),
                 reason: "not a string".into(),
             }),
         }
@@ -599,9 +774,12 @@ fn decode_structured(value: &[u8]) -> Result<CloudEvent, DecodeError> {
     let time = parse_time(&take_required(&mut map, "time")?)?;
     let correlation_id = parse_correlation(&take_required(&mut map, "correlationid")?)?;
     let causation_id = non_empty(take_str(&mut map, "causationid")?.as_deref(), "causationid")?;
-    let subject = take_str(&mut map, "subject")?;
-    let data_schema = take_str(&mut map, "dataschema")?;
-    let content_type = take_str(&mut map, "datacontenttype")?;
+    let subject = non_empty(take_str(&mut map, "subject")?.as_deref(), "subject")?;
+    let data_schema = non_empty(take_str(&mut map, "dataschema")?.as_deref(), "dataschema")?;
+    let content_type = non_empty(
+        take_str(&mut map, "datacontenttype")?.as_deref(),
+        "datacontenttype",
+    )?;
     let traceparent = take_str(&mut map, "traceparent")?;
     let tracestate = take_str(&mut map, "tracestate")?;
     let data = match (map.remove("data"), map.remove("data_base64")) {
@@ -620,7 +798,7 @@ fn decode_structured(value: &[u8]) -> Result<CloudEvent, DecodeError> {
         (None, Some(other)) => {
             return Err(DecodeError::InvalidAttribute {
                 attribute: "data_base64",
-                value: other.to_string(),
+                value: clip(&other.to_string()),
                 reason: "not a string".into(),
             })
         }
@@ -908,6 +1086,181 @@ mod tests {
     }
 
     #[test]
+    fn strict_header_rules_are_named() {
+        let e = sample();
+        let rec = e.encode();
+        let base: Vec<(String, Option<Vec<u8>>)> = view_of(&rec)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        let decode = |hs: &[(String, Option<Vec<u8>>)]| decode_owned(None, Some(&rec.value), hs);
+
+        // Two `ce_id` headers: which one counts would be a guess.
+        let mut hs = base.clone();
+        hs.push((headers::ID.into(), Some(b"another-id".to_vec())));
+        assert_eq!(
+            decode(&hs).unwrap_err(),
+            DecodeError::RepeatedHeader {
+                header: "ce_id".into()
+            }
+        );
+        // Two `content-type` headers, in either mode.
+        let mut hs = base.clone();
+        hs.push(("content-type".into(), Some(b"application/json".to_vec())));
+        hs.push(("content-type".into(), Some(b"application/json".to_vec())));
+        assert_eq!(
+            decode(&hs).unwrap_err(),
+            DecodeError::RepeatedHeader {
+                header: "content-type".into()
+            }
+        );
+        // A non-UTF-8 extension value, and a null one.
+        let mut hs = base.clone();
+        hs.push(("ce_tenant2".into(), Some(vec![0xc3, 0x28])));
+        assert_eq!(
+            decode(&hs).unwrap_err(),
+            DecodeError::HeaderNotUtf8 {
+                header: "ce_tenant2".into()
+            }
+        );
+        let mut hs = base.clone();
+        hs.push(("ce_tenant2".into(), None));
+        assert_eq!(
+            decode(&hs).unwrap_err(),
+            DecodeError::NullHeader {
+                header: "ce_tenant2".into()
+            }
+        );
+        // A `ce_` name that is no attribute name.
+        for bad in ["ce_", "ce_Tenant", "ce_ten-ant", "ce_ténant"] {
+            let mut hs = base.clone();
+            hs.push((bad.into(), Some(b"x".to_vec())));
+            assert_eq!(
+                decode(&hs).unwrap_err(),
+                DecodeError::InvalidAttributeName { header: bad.into() },
+                "{bad}"
+            );
+        }
+        // Headers outside the binding are the producer's business: repeated or binary is fine.
+        let mut hs = base.clone();
+        hs.push(("x-trace".into(), Some(vec![0xff])));
+        hs.push(("x-trace".into(), None));
+        decode(&hs).unwrap();
+        // Empty optional attributes.
+        for (header, attribute) in [
+            (headers::SUBJECT, "subject"),
+            (headers::DATA_SCHEMA, "dataschema"),
+            (headers::CAUSATION_ID, "causationid"),
+            ("content-type", "datacontenttype"),
+        ] {
+            let mut hs = without(&rec, header);
+            hs.push((header.into(), Some(Vec::new())));
+            assert_eq!(
+                decode(&hs).unwrap_err(),
+                DecodeError::EmptyAttribute { attribute },
+                "{header}"
+            );
+        }
+        // The same in structured mode.
+        let sh = vec![(
+            "content-type".to_string(),
+            Some(STRUCTURED_CONTENT_TYPE.as_bytes().to_vec()),
+        )];
+        let mut json: serde_json::Value = serde_json::from_slice(&encode_structured(&e)).unwrap();
+        json["subject"] = "".into();
+        let err = decode_owned(None, Some(&serde_json::to_vec(&json).unwrap()), &sh).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::EmptyAttribute {
+                attribute: "subject"
+            }
+        );
+    }
+
+    #[test]
+    fn key_and_content_type_rules() {
+        let mut e = sample();
+        let key = e.correlation_id.to_string();
+        check_key(Some(key.as_bytes()), &e).unwrap();
+        assert_eq!(
+            check_key(None, &e).unwrap_err(),
+            DecodeError::KeyMismatch {
+                key: None,
+                correlation_id: e.correlation_id
+            }
+        );
+        let upper = key.to_uppercase();
+        let err = check_key(Some(upper.as_bytes()), &e).unwrap_err();
+        assert!(err.to_string().contains(&upper), "{err}");
+        let long = vec![b'k'; 10_000];
+        let err = check_key(Some(&long), &e).unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
+        assert!(err.to_string().contains("10000 bytes in all"), "{err}");
+
+        check_json_data(&e).unwrap();
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.acme+json",
+        ] {
+            e.content_type = Some(ok.into());
+            check_json_data(&e).unwrap();
+        }
+        e.content_type = Some("text/plain".into());
+        assert_eq!(
+            check_json_data(&e).unwrap_err(),
+            DecodeError::UnsupportedContentType {
+                content_type: "text/plain".into()
+            }
+        );
+    }
+
+    #[test]
+    fn quoted_values_are_clipped() {
+        let rec = sample().encode();
+        let mut hs = without(&rec, headers::TIME);
+        hs.push((headers::TIME.into(), Some(vec![b'9'; 1_000_000])));
+        let err = decode_owned(None, None, &hs).unwrap_err();
+        assert!(
+            err.to_string().len() < 1_000,
+            "{} bytes",
+            err.to_string().len()
+        );
+    }
+
+    #[test]
+    fn salvage_reads_what_it_can() {
+        let e = sample();
+        let rec = e.encode();
+        let mut hs = without(&rec, headers::TYPE);
+        hs.push((headers::TYPE.into(), Some(Vec::new())));
+        let hv: Vec<(&str, Option<&[u8]>)> =
+            hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let s = Salvaged::of(RecordView {
+            key: None,
+            value: Some(&rec.value),
+            headers: &hv,
+        });
+        assert_eq!(s.correlation_id, Some(e.correlation_id));
+        assert_eq!(s.id.as_deref(), Some(e.id.as_str()));
+        assert_eq!(s.event_type, None);
+        let structured = encode_structured(&e);
+        let s = Salvaged::of(RecordView {
+            key: None,
+            value: Some(&structured),
+            headers: &[],
+        });
+        assert_eq!(s.correlation_id, Some(e.correlation_id));
+        assert_eq!(s.event_type.as_deref(), Some(e.event_type.as_str()));
+        let s = Salvaged::of(RecordView {
+            key: None,
+            value: Some(b"\xff garbage"),
+            headers: &[],
+        });
+        assert_eq!(s.correlation_id, None);
+    }
+
+    #[test]
     fn structured_errors_are_named() {
         let sh = vec![(
             "content-type".to_string(),
@@ -1049,7 +1402,7 @@ mod tests {
             source in "/[a-z/]{1,20}",
             event_type in "[a-z.]{1,30}",
             causation in proptest::option::of("[a-z0-9-]{1,36}"),
-            subject in proptest::option::of(".{0,20}"),
+            subject in proptest::option::of(".{1,20}"),
             data in proptest::collection::vec(any::<u8>(), 0..100),
             secs in 0i64..4_000_000_000,
             micros in 0u32..1_000_000,

@@ -169,15 +169,14 @@ pub(crate) fn copy_consumed(message: &BorrowedMessage<'_>) -> OwnedMessage {
     InputRecord::copy_of(message, Arc::from(message.topic())).to_owned_message()
 }
 
-/// The last value of a header among a consumed record's [`raw_headers`] (Kafka allows repeated
-/// headers; the last one wins), read in place, without copying the record (`None`: no such
-/// header, or a null value). Header names that are not UTF-8 never equal `name`.
-pub(crate) fn last_header_in<'m>(headers: Option<&RawHeaders<'m>>, name: &str) -> Option<&'m [u8]> {
-    headers?
-        .iter()
-        .rev()
-        .find(|(n, _)| *n == name.as_bytes())
-        .and_then(|(_, v)| *v)
+/// The value of a header that a consumed record has exactly once, with a value (`None`: absent,
+/// repeated, or null), read in place.
+pub(crate) fn only_header_in<'m>(headers: Option<&RawHeaders<'m>>, name: &str) -> Option<&'m [u8]> {
+    let mut found = headers?.iter().filter(|(n, _)| *n == name.as_bytes());
+    match (found.next(), found.next()) {
+        (Some((_, value)), None) => *value,
+        _ => None,
+    }
 }
 
 /// A consumed record's headers, names as bytes, borrowed from the record.

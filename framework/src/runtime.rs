@@ -66,10 +66,11 @@ use tracing::Instrument;
 
 use crate::catalogue::Catalogue;
 use crate::config::KafkaConfig;
-use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::dead_letter::{bounded_error, DeadLetter, DeadLetterReason, Shrink};
 use crate::delivery::{OffsetBook, PartitionKey};
 use crate::delivery::{OutRecord, TxnBook};
-use crate::envelope::{derived_event_id, headers, CloudEvent, HeaderParts};
+use crate::envelope::{derived_event_id, headers, CloudEvent, CorrelationId, HeaderParts};
+use crate::envelope::{RecordView, Salvaged};
 use crate::event::Event;
 use crate::handler::{CallError, Context, ErasedHandler, Handler, Outgoing, Typed};
 use crate::idempotency::{HandledLog, Idempotency};
@@ -953,6 +954,27 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         format!("{topic}{}", self.options.dead_letter_suffix)
     }
 
+    /// The event types this service skips silently: those the catalogue knows and gives to
+    /// other services (it does not list this one among their consumers, and no handler here
+    /// takes them). Any other record of a type no handler takes is skipped with a saga-log step
+    /// (outcome `skipped`), so a trace shows where its saga stopped; without a catalogue, that
+    /// is every one.
+    fn silent_skips(&self) -> HashSet<String> {
+        let Some(catalogue) = &self.catalogue else {
+            return HashSet::new();
+        };
+        catalogue
+            .entries()
+            .map(|e| &e.placement)
+            .filter(|p| {
+                !self.handlers.contains_key(p.event_type.as_str())
+                    && !p.consumers.iter().any(|c| **c == *self.name)
+                    && !p.event_type.is_empty()
+            })
+            .map(|p| p.event_type.clone())
+            .collect()
+    }
+
     /// Runs until SIGINT/SIGTERM or [`ShutdownHandle::shutdown`], then shuts down gracefully.
     pub async fn run(self) -> Result<(), ServiceError> {
         self.run_until(termination_signal()).await
@@ -1016,8 +1038,13 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         let control = Arc::new(Control::default());
         let _abandon_on_drop = AbandonOnDrop(control.clone());
 
-        let handled: HashSet<&'static str> = self.handlers.keys().copied().collect();
+        let silent_skips = Arc::new(self.silent_skips());
+        let book = Arc::new(Mutex::new(Book {
+            offsets: OffsetBook::default(),
+            paused: HashSet::new(),
+        }));
         let thread = ConsumerThread {
+            book: book.clone(),
             service: self.name.clone(),
             group: self
                 .options
@@ -1030,7 +1057,7 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             batching: batching.clone(),
             saga_state: changelog.clone().zip(store.clone()),
             handled_log: handled_log.clone(),
-            handled,
+            silent_skips: silent_skips.clone(),
             options: self.options.clone(),
             control: control.clone(),
             ready: self.ready.clone(),
@@ -1067,6 +1094,8 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
             exactly_once,
             max_message_bytes: self.config.max_message_bytes(),
             catalogue: self.catalogue.clone(),
+            silent_skips,
+            book,
             done: completions,
         });
         tracing::info!(service = %self.name, instance = %self.instance, topics = ?inputs, delivery = ?self.options.delivery, idempotency = ?self.options.idempotency, "service started");
@@ -1353,6 +1382,11 @@ struct Worker<S> {
     /// they go into a transaction).
     max_message_bytes: usize,
     catalogue: Option<Arc<Catalogue>>,
+    /// The types skipped without a saga-log step ([`Service::silent_skips`]).
+    silent_skips: Arc<HashSet<String>>,
+    /// The consumer thread's offsets, read (rarely: a held dead letter) to tell whether a job's
+    /// partition is still assigned in the job's epoch.
+    book: Arc<Mutex<Book>>,
     done: Arc<Completions>,
 }
 
@@ -1464,7 +1498,9 @@ enum Outcome {
         outgoing: Vec<Outgoing>,
         attempts: u32,
     },
-    Skipped,
+    /// No handler takes the event's type; `logged`: its step is written (the type is not one the
+    /// catalogue gives to other services).
+    Skipped { logged: bool },
     DeadLetter {
         reason: DeadLetterReason,
         error: String,
@@ -1485,6 +1521,15 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 .handled_log
                 .as_ref()
                 .map_or(true, |(_, l)| l.generation(p) == job.handled_generation)
+    }
+
+    /// Whether the job's partition is still assigned, in the epoch the job was taken in (a
+    /// lock on the consumer thread's book: not for the per-record path).
+    fn still_assigned(&self, job: &Job) -> bool {
+        let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        book.offsets
+            .epoch(job.message.topic(), job.message.partition())
+            == Some(job.epoch)
     }
 
     async fn process(&self, job: Box<Job>) {
@@ -1508,17 +1553,32 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         let started_at = chrono::Utc::now();
         let event = match decode_message(message) {
             Ok((event, _)) => Arc::new(event),
-            // Not a CloudEvent: no saga to log it under; the dead letter says why.
+            // Not a CloudEvent: dead-lettered, and logged as a step of its saga when its
+            // correlation ID can be read.
             Err(e) => {
-                Box::pin(self.dead_letter(
+                let error = e.to_string();
+                let written = Box::pin(self.dead_letter(
                     &sink,
-                    message,
+                    &job,
                     DeadLetterReason::InvalidEnvelope,
-                    e.to_string(),
+                    &error,
                     0,
                 ))
                 .await;
-                self.report(&job, sink.into_items());
+                let step = written
+                    .then(|| self.invalid_envelope_step(message, error, started_at))
+                    .flatten();
+                match sink {
+                    Sink::Direct => self.hand_to_tail_writer(&job, step, None),
+                    Sink::Transaction(_) => {
+                        let mut work = sink.into_items();
+                        work.extend(
+                            step.filter(|s| self.check_size(s, "saga-log step").is_ok())
+                                .map(TxnItem::Step),
+                        );
+                        self.report(&job, work);
+                    }
+                }
                 return;
             }
         };
@@ -1728,13 +1788,23 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
                 mark: true,
                 ..Finish::step(StepOutcome::Handled, attempts, emitted)
             },
-            Outcome::Skipped => Finish::step(StepOutcome::Skipped, 0, emitted),
+            Outcome::Skipped { logged: true } => Finish::step(StepOutcome::Skipped, 0, emitted),
+            Outcome::Skipped { logged: false } => Finish {
+                step: None,
+                mark: false,
+            },
             Outcome::DeadLetter {
                 reason,
                 error,
                 attempts,
             } => {
-                Box::pin(self.dead_letter(sink, message, reason, error.clone(), attempts)).await;
+                if !Box::pin(self.dead_letter(sink, job, reason, &error, attempts)).await {
+                    // Left to the partition's next owner.
+                    return Finish {
+                        step: None,
+                        mark: false,
+                    };
+                }
                 Finish {
                     step: Some(StepRecord {
                         outcome: StepOutcome::DeadLettered,
@@ -1927,35 +1997,105 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         step: StepRecord,
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> OutRecord {
+        let input = StepInputRef {
+            id: &event.id,
+            event_type: &event.event_type,
+            source: &event.source,
+            causation_id: event.causation_id.as_deref(),
+            time: event.time,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        self.step_record_of(event.correlation_id, input, step, started_at)
+    }
+
+    /// The step of a record dead-lettered because it is not a CloudEvent, when its correlation
+    /// ID can be read (what else can be read fills in its input; an unreadable `ce_id` becomes
+    /// the record's coordinates, `<topic>/<partition>/<offset>`).
+    fn invalid_envelope_step(
+        &self,
+        message: &InputRecord,
+        error: String,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<OutRecord> {
+        if !self.saga_log {
+            return None;
+        }
+        let headers: Vec<(&str, Option<&[u8]>)> = message
+            .headers()
+            .map(|hs| {
+                use rdkafka::message::Headers as _;
+                hs.iter().map(|h| (h.key, h.value)).collect()
+            })
+            .unwrap_or_default();
+        let salvaged = Salvaged::of(RecordView {
+            key: message.key(),
+            value: message.payload(),
+            headers: &headers,
+        });
+        let correlation_id: CorrelationId = salvaged.correlation_id?;
+        let coordinates = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let time = salvaged
+            .time
+            .or_else(|| {
+                message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+            })
+            .unwrap_or(started_at);
+        let input = StepInputRef {
+            id: salvaged.id.as_deref().unwrap_or(&coordinates),
+            event_type: salvaged.event_type.as_deref().unwrap_or_default(),
+            source: salvaged.source.as_deref().unwrap_or_default(),
+            causation_id: salvaged.causation_id.as_deref(),
+            time,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let step = StepRecord {
+            outcome: StepOutcome::DeadLettered,
+            attempts: 0,
+            emitted: Vec::new(),
+            error: Some(error),
+            reason: Some(DeadLetterReason::InvalidEnvelope),
+        };
+        Some(self.step_record_of(correlation_id, input, step, started_at))
+    }
+
+    /// The saga-log record of a step of `correlation_id` whose input is `input`.
+    fn step_record_of(
+        &self,
+        correlation_id: CorrelationId,
+        input: StepInputRef<'_>,
+        step: StepRecord,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> OutRecord {
+        // Error texts are bounded, whatever the input (a schema error can quote all its data).
+        let error = step.error.as_deref().map(bounded_error);
         let record = StepRef {
             version: 1,
-            correlation_id: event.correlation_id,
+            correlation_id,
             service: &self.service,
             instance: &self.instance,
-            input: StepInputRef {
-                id: &event.id,
-                event_type: &event.event_type,
-                source: &event.source,
-                causation_id: event.causation_id.as_deref(),
-                time: event.time,
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-            },
+            input,
             outcome: step.outcome,
             attempts: step.attempts,
             emitted: &step.emitted,
             started_at,
             finished_at: chrono::Utc::now(),
-            error: step.error.as_deref(),
+            error: error.as_deref(),
             dead_letter_reason: step.reason.map(|r| r.as_str()),
         };
         let mut key = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        event
-            .correlation_id
-            .as_uuid()
-            .hyphenated()
-            .encode_lower(&mut key);
+        correlation_id.as_uuid().hyphenated().encode_lower(&mut key);
         let mut out = OutRecord::new(&self.batching.saga_log_topic);
         out.key = Some(key.to_vec());
         let mut payload = Vec::with_capacity(record.json_capacity());
@@ -1993,9 +2133,27 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         started_at: chrono::DateTime<chrono::Utc>,
     ) -> Outcome {
         let Some(registered) = self.handlers.get(event.event_type.as_str()) else {
-            // A structured-mode record of a type this service does not handle.
-            return Outcome::Skipped;
+            // No handler takes it (the consumer thread skips the types the catalogue gives to
+            // other services without reading them; structured-mode records of those end here).
+            return Outcome::Skipped {
+                logged: !self.silent_skips.contains(event.event_type.as_str()),
+            };
         };
+        // The envelope rules a handled event must meet beyond decoding.
+        if let Err(e) = crate::envelope::check_key(message.key(), event) {
+            return Outcome::DeadLetter {
+                reason: DeadLetterReason::KeyMismatch,
+                error: e.to_string(),
+                attempts: 0,
+            };
+        }
+        if let Err(e) = crate::envelope::check_json_data(event) {
+            return Outcome::DeadLetter {
+                reason: DeadLetterReason::UnsupportedContentType,
+                error: e.to_string(),
+                attempts: 0,
+            };
+        }
         if let Some(catalogue) = &self.catalogue {
             if let Err(v) = catalogue.validate(&event.event_type, &event.data) {
                 return Outcome::DeadLetter {
@@ -2244,46 +2402,97 @@ impl<S: Clone + Send + Sync + 'static> Worker<S> {
         }
     }
 
+    /// Writes the dead letter of a job's record: whole, or, when the broker refuses that as too
+    /// large, without its value, then with only its `dlq_*` headers ([`Shrink`]). When not even
+    /// that can be written (the dead-letter topic refuses a few hundred bytes), the record is
+    /// held: never reported finished, so its partition never commits past it, and retried with
+    /// backoff (0.5 s doubling to 15 s), logged as an error with its coordinates each time,
+    /// until it is written or its partition is no longer this instance's (then `false`: it is
+    /// left to the next owner). Other sagas and partitions go on meanwhile.
     async fn dead_letter(
         &self,
         sink: &Sink,
-        message: &InputRecord,
+        job: &Job,
         reason: DeadLetterReason,
-        error: String,
+        error: &str,
         attempts: u32,
-    ) {
+    ) -> bool {
+        let message = &job.message;
         let dlq_topic = format!("{}{}", message.topic(), self.dead_letter_suffix);
-        tracing::warn!(
-            service = %self.service,
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            %reason,
-            %error,
-            dead_letter_topic = %dlq_topic,
-            "record dead-lettered"
-        );
+        let error = bounded_error(error);
         let original = message.to_owned_message();
         let mut letter = DeadLetter {
             record: &original,
             reason,
-            error,
+            error: error.clone().into_owned(),
             service: &self.service,
             instance: &self.instance,
             attempts,
-            without_value: false,
+            shrink: Shrink::Whole,
         };
-        let record = OutRecord::from_future(&letter.record(&dlq_topic));
-        let Err(e) = self.write(sink, record, "dead letter").await else {
-            return;
-        };
-        // Too large to copy whole (the added headers): keep the headers, which say where the
-        // original is, and drop the value.
-        tracing::warn!(dead_letter_topic = %dlq_topic, error = %e, "dead letter refused; writing it without its value");
-        letter.without_value = true;
-        let record = OutRecord::from_future(&letter.record(&dlq_topic));
-        if let Err(e) = self.write(sink, record, "dead letter").await {
-            tracing::error!(dead_letter_topic = %dlq_topic, error = %e, "the dead letter could not be written even without its value; the record is skipped");
+        let mut backoff = Duration::from_millis(500);
+        let mut failures = 0u32;
+        loop {
+            let mut refused = String::new();
+            for shrink in [Shrink::Whole, Shrink::WithoutValue, Shrink::CoordinatesOnly] {
+                letter.shrink = shrink;
+                let record = OutRecord::from_future(&letter.record(&dlq_topic));
+                match self.write(sink, record, "dead letter").await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            service = %self.service,
+                            topic = message.topic(),
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            %reason,
+                            error = %error,
+                            dead_letter_topic = %dlq_topic,
+                            carried = ?shrink,
+                            "record dead-lettered"
+                        );
+                        if failures > 0 {
+                            tracing::info!(
+                                topic = message.topic(),
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                failures,
+                                "the held record's dead letter is written: its partition moves on"
+                            );
+                        }
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(dead_letter_topic = %dlq_topic, error = %e, ?shrink, "dead letter refused; trying a smaller one");
+                        refused = e;
+                    }
+                }
+            }
+            failures += 1;
+            tracing::error!(
+                service = %self.service,
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                %reason,
+                dead_letter_topic = %dlq_topic,
+                error = %refused,
+                failures,
+                retry_in = ?backoff,
+                "the dead letter cannot be written, not even its coordinates: the record is held \
+                 (its partition commits nothing past it) and retried; check the dead-letter \
+                 topic (does it exist, is its max.message.bytes large enough?)"
+            );
+            pause(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(15));
+            if !self.still_owned(job) || !self.still_assigned(job) {
+                tracing::info!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "partition no longer owned: the held record is left to its next owner"
+                );
+                return false;
+            }
         }
     }
 }
@@ -2334,7 +2543,10 @@ struct ConsumerThread {
     input_partitions: usize,
     /// How exactly-once transactions batch steps and markers.
     batching: TailBatching,
-    handled: HashSet<&'static str>,
+    /// Types skipped without being read ([`Service::silent_skips`]).
+    silent_skips: Arc<HashSet<String>>,
+    /// The assigned partitions' offsets (shared with the workers, which read epochs from it).
+    book: Arc<Mutex<Book>>,
     saga_state: Option<(String, SagaStore)>,
     handled_log: Option<(String, HandledLog)>,
     options: ServiceOptions,
@@ -2637,7 +2849,7 @@ impl Transactions {
 struct RuntimeContext {
     service: Arc<str>,
     config: KafkaConfig,
-    book: Mutex<Book>,
+    book: Arc<Mutex<Book>>,
     completions: Arc<Completions>,
     /// What [`Self::absorb_completions`] takes from `completions` (kept for its capacity).
     absorbed: Mutex<Vec<Completion>>,
@@ -3131,10 +3343,7 @@ impl ConsumerThread {
         let ctx = RuntimeContext {
             service: self.service.clone(),
             config: self.config.clone(),
-            book: Mutex::new(Book {
-                offsets: OffsetBook::default(),
-                paused: HashSet::new(),
-            }),
+            book: self.book.clone(),
             completions: done,
             absorbed: Mutex::new(Vec::new()),
             revoke_grace: self.options.revoke_grace,
@@ -3262,12 +3471,15 @@ impl ConsumerThread {
                     .find(|n| ***n == *message.topic())
                     .cloned()
                     .unwrap_or_else(|| Arc::from(message.topic()));
-                // Read in place: a record of a type this service does not handle is not copied.
+                // Read in place: a record of a type the catalogue gives to other services (one
+                // `ce_type` header naming it) is not copied, but skipped by that rule. Everything
+                // else goes to a worker, which decodes it and handles, dead-letters or skips it
+                // with a step.
                 let raw_headers = crate::record::raw_headers(&message);
-                let unhandled = crate::record::last_header_in(raw_headers.as_ref(), headers::TYPE)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(|t| !self.handled.contains(t))
-                    .unwrap_or(false);
+                let unhandled = !self.silent_skips.is_empty()
+                    && crate::record::only_header_in(raw_headers.as_ref(), headers::TYPE)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .is_some_and(|t| self.silent_skips.contains(t));
                 let mut book = ctx.book.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(epoch) = book.offsets.start(&topic, partition, offset) else {
                     continue;

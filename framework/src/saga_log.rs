@@ -24,11 +24,15 @@
 //! still read from one partition. Readers use [`decode_steps`], which takes both.
 //!
 //! `outcome` is `handled`, `retried` (one record per failed attempt that will be retried),
-//! `dead-lettered` (with `error` and `dead_letter_reason`), `skipped` (a structured-mode
-//! event of a type the service does not handle) or `duplicate` (a redelivered event the
-//! service had handled already: acknowledged without running the handler, see
-//! [`crate::idempotency`]). Records the consumer skips by their
-//! `ce_type` header without reading them are not logged.
+//! `dead-lettered` (with `error` and `dead_letter_reason`; also a record that is not a valid
+//! CloudEvent, when its correlation ID can be read: its `input` holds what could be read, and
+//! its `id` is `<topic>/<partition>/<offset>` when `ce_id` could not), `skipped` (an event of a
+//! type no handler of the service takes) or `duplicate` (a redelivered event the service had
+//! handled already: acknowledged without running the handler, see [`crate::idempotency`]).
+//! One kind of record is skipped without a step: an event whose one `ce_type` header names a
+//! type the catalogue gives to other services (it does not list this service among its
+//! consumers); the consumer skips it without reading it. `error` is at most
+//! [`MAX_ERROR_BYTES`](crate::dead_letter::MAX_ERROR_BYTES) bytes.
 
 use std::collections::BTreeMap;
 

@@ -1027,10 +1027,12 @@ pub fn build_trace(
     let mut pending = Vec::new();
     for e in &events {
         for service in &e.expected_consumers {
-            let done = e
-                .handled_by
-                .iter()
-                .any(|h| &h.service == service && h.outcome != StepOutcome::Retried);
+            // (A skip is no handling: an expected consumer that skipped the event, having no
+            // handler for its type, still owes it.)
+            let done = e.handled_by.iter().any(|h| {
+                &h.service == service
+                    && !matches!(h.outcome, StepOutcome::Retried | StepOutcome::Skipped)
+            });
             if !done {
                 let waiting_ms = (now - e.time).num_milliseconds();
                 pending.push(Pending {
@@ -1052,6 +1054,22 @@ pub fn build_trace(
     let dead = steps
         .iter()
         .find(|s| s.outcome == StepOutcome::DeadLettered);
+    // An event older than `stall_after` that services skipped (no handler for its type) and
+    // none handled: the saga cannot go on from it.
+    let skipped = events.iter().find_map(|e| {
+        if (now - e.time).num_milliseconds() <= stall_after.as_millis() as i64 {
+            return None;
+        }
+        let skip = e
+            .handled_by
+            .iter()
+            .find(|h| h.outcome == StepOutcome::Skipped)?;
+        let handled = e
+            .handled_by
+            .iter()
+            .any(|h| !matches!(h.outcome, StepOutcome::Skipped | StepOutcome::Retried));
+        (!handled).then_some((skip, e))
+    });
     let (status, reason, ended_at) = if let Some((outcome, time, e)) = terminal {
         (
             SagaStatus::from(outcome),
@@ -1070,6 +1088,15 @@ pub fn build_trace(
                 d.service,
                 d.input.event_type,
                 d.error.as_deref().unwrap_or("no error text")
+            ),
+            None,
+        )
+    } else if let Some((skip, e)) = skipped {
+        (
+            SagaStatus::Stalled,
+            format!(
+                "{} skipped {} (no handler takes its type there), nobody handled it, and no event ended the saga",
+                skip.service, e.event_type
             ),
             None,
         )
@@ -1433,6 +1460,44 @@ mod tests {
         assert_eq!(trace.tree[0].children[0].event_type, "b.done");
         assert_eq!(trace.tree[0].children[0].emitted_by, "b");
         assert!(trace.to_mermaid().starts_with("sequenceDiagram\n"));
+    }
+
+    #[test]
+    fn an_event_only_skipped_stalls_the_saga_and_says_why() {
+        let id = CorrelationId::new();
+        let mut skip = step(id, "b", ("e1", "a.unknown", "/cli"), &[], 10);
+        skip.outcome = StepOutcome::Skipped;
+        skip.attempts = 0;
+        let ex = Expectations::new(None, std::slice::from_ref(&skip));
+        let trace = build_trace(
+            id,
+            vec![skip.clone()],
+            vec![],
+            &ex,
+            t(100),
+            Duration::from_secs(30),
+        );
+        assert_eq!(trace.status, SagaStatus::InProgress, "{}", trace.reason);
+        let trace = build_trace(
+            id,
+            vec![skip.clone()],
+            vec![],
+            &ex,
+            t(60_000),
+            Duration::from_secs(30),
+        );
+        assert_eq!(trace.status, SagaStatus::Stalled);
+        assert!(
+            trace.reason.contains("b skipped a.unknown"),
+            "{}",
+            trace.reason
+        );
+        // Skipped by one service, handled by another: nothing is wrong.
+        let handled = step(id, "c", ("e1", "a.unknown", "/cli"), &[], 12);
+        let steps = vec![skip, handled];
+        let ex = Expectations::new(None, &steps);
+        let trace = build_trace(id, steps, vec![], &ex, t(60_000), Duration::from_secs(30));
+        assert_eq!(trace.status, SagaStatus::InProgress, "{}", trace.reason);
     }
 
     #[test]

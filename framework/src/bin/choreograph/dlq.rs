@@ -47,7 +47,7 @@ pub struct ReplayArgs {
     /// Replay even those already replayed
     #[arg(long)]
     force: bool,
-    /// Only show what would be replayed
+    /// Only show what would be replayed and what refused (exits 1 when any would be refused, as the replay would)
     #[arg(long)]
     dry_run: bool,
 }
@@ -155,8 +155,23 @@ pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> Result<(), String> {
                 );
             }
             if args.dry_run {
+                let mut refused = 0;
                 for l in &todo {
-                    println!("would replay {} to {}", l.id, l.original_topic);
+                    match dlq::refusal(l) {
+                        None => println!("would replay {} to {}", l.id, l.original_topic),
+                        Some(why) => {
+                            refused += 1;
+                            println!("would refuse {}: {why}", l.id);
+                        }
+                    }
+                }
+                eprintln!(
+                    "{} would be replayed, {} skipped as already replayed, {refused} refused",
+                    todo.len() - refused,
+                    again.len()
+                );
+                if refused > 0 {
+                    return Err(format!("{refused} dead letters would be refused"));
                 }
                 return Ok(());
             }
