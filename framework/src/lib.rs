@@ -16,6 +16,8 @@
 //! - [`dead_letter`]: records that cannot be handled, set aside with the reason.
 //! - [`dlq`]: listing and replaying dead letters (once each).
 //! - [`catalogue`]: the event catalogue (JSON Schemas with type, topic and saga role).
+//! - [`schema`]: the catalogue's documents generated from the Rust types (`#[derive(Event)]` +
+//!   schemars), written to or checked against a directory.
 //! - [`saga_log`]: one step per handled event (batched under load), the basis of tracing a saga.
 //! - [`saga_state`]: per-saga state, durable in a compacted changelog, co-partitioned.
 //! - [`idempotency`]: which events a service handled, by `(ce_source, ce_id)`, durable and
@@ -28,6 +30,9 @@
 //! - [`testkit`]: helpers for tests against a real broker.
 //! - [`watch`]: observing sagas from the outside (grouping events by saga, noting ends).
 //! - [`trace`]: tracing one saga by correlation ID (causal tree, timeline, status), listing sagas.
+
+// `#[derive(Event)]` expands to `::choreograph::...` paths; this makes them resolve here too.
+extern crate self as choreograph;
 
 pub mod catalogue;
 pub mod config;
@@ -44,6 +49,7 @@ pub mod record;
 pub mod runtime;
 pub mod saga_log;
 pub mod saga_state;
+pub mod schema;
 pub mod testkit;
 pub mod topics;
 pub mod trace;
@@ -53,6 +59,7 @@ pub mod watch;
 pub use catalogue::{Catalogue, SagaOutcome, SchemaViolation};
 pub use config::{ConfigError, KafkaConfig, TopicSettings};
 pub use envelope::{CloudEvent, ContentMode, CorrelationId, DecodeError};
+// `Event` is both the trait and its derive macro (`event` re-exports `choreograph_derive::Event`).
 pub use event::{DataError, Event};
 pub use handler::{Context, Emit, HandlerError, State};
 pub use idempotency::Idempotency;
@@ -60,5 +67,10 @@ pub use publish::{PublishError, Published, Publisher};
 pub use runtime::{
     ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle,
 };
+pub use schema::{SchemaDrift, Schemas};
+/// The schemars version the framework generates schemas with: `#[derive(JsonSchema)]` with
+/// `#[schemars(crate = "choreograph::schemars")]` needs no schemars dependency of its own
+/// (adding `schemars = "1"` to the crate is simpler).
+pub use schemars;
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

@@ -9,13 +9,15 @@
 //!   └─▶ UserWelcomed | RegistrationRejected | RegistrationFlagged   (the saga's end)
 //! ```
 //!
-//! Every type here has a schema in `schemas/<type>.json`; the test in this crate fails when the
-//! Rust types and the schemas differ (`UPDATE_SCHEMAS=1 cargo test -p registration-events`
-//! rewrites the schemas from the types).
+//! Each type is defined once: `#[derive(Event)]` places it in the choreography (type, topic,
+//! producer, consumers, saga end) and schemars describes its data. [`schemas()`] lists them all;
+//! `schemas/<type>.json` holds the documents they generate, and the test in this crate fails
+//! when the Rust types and the files differ (`CHOREOGRAPH_UPDATE_SCHEMAS=1 cargo test -p
+//! registration-events` rewrites the files from the types).
 
 use std::sync::Arc;
 
-use choreograph::{Catalogue, Event};
+use choreograph::{Catalogue, Event, Schemas};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,18 +38,11 @@ pub enum Plan {
     Enterprise,
 }
 
-macro_rules! event {
-    ($name:ident, $type:literal, $topic:expr) => {
-        impl Event for $name {
-            const TYPE: &'static str = $type;
-            const TOPIC: &'static str = $topic;
-        }
-    };
-}
-
 /// A user signed up: the domain event that starts a registration saga.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.user.registered.v1", topic = topics::USER,
+        producer = "user", consumers = ["activity"])]
 pub struct UserRegistered {
     pub user_id: String,
     #[schemars(email)]
@@ -55,157 +50,140 @@ pub struct UserRegistered {
     pub display_name: String,
     pub plan: Plan,
 }
-event!(
-    UserRegistered,
-    "registration.user.registered.v1",
-    topics::USER
-);
 
 /// The newcomer joined the new-user activity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.activity.newcomer-enrolled.v1", topic = topics::ACTIVITY,
+        producer = "activity", consumers = ["coupon", "points"])]
 pub struct NewcomerEnrolled {
     pub user_id: String,
     pub activity: String,
     /// Points the activity promises the newcomer.
     pub welcome_points: u32,
 }
-event!(
-    NewcomerEnrolled,
-    "registration.activity.newcomer-enrolled.v1",
-    topics::ACTIVITY
-);
 
 /// The activity refused the newcomer (e.g. a disposable e-mail domain).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.activity.enrollment-rejected.v1", topic = topics::ACTIVITY,
+        producer = "activity", consumers = ["user"])]
 pub struct EnrollmentRejected {
     pub user_id: String,
     pub reason: String,
 }
-event!(
-    EnrollmentRejected,
-    "registration.activity.enrollment-rejected.v1",
-    topics::ACTIVITY
-);
 
 /// A welcome coupon was issued.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.coupon.issued.v1", topic = topics::COUPON,
+        producer = "coupon", consumers = ["activity"])]
 pub struct CouponIssued {
     pub user_id: String,
     pub coupon_code: String,
     pub value_cents: u32,
 }
-event!(
-    CouponIssued,
-    "registration.coupon.issued.v1",
-    topics::COUPON
-);
 
 /// A welcome coupon was revoked (compensation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.coupon.revoked.v1", topic = topics::COUPON,
+        producer = "coupon", consumers = ["activity"])]
 pub struct CouponRevoked {
     pub user_id: String,
     pub coupon_code: String,
     pub reason: String,
 }
-event!(
-    CouponRevoked,
-    "registration.coupon.revoked.v1",
-    topics::COUPON
-);
 
 /// Welcome points were granted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.points.granted.v1", topic = topics::POINTS,
+        producer = "points", consumers = ["activity"])]
 pub struct PointsGranted {
     pub user_id: String,
     pub points: u32,
 }
-event!(
-    PointsGranted,
-    "registration.points.granted.v1",
-    topics::POINTS
-);
 
 /// Welcome points were refused (the budget does not cover them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.points.grant-rejected.v1", topic = topics::POINTS,
+        producer = "points", consumers = ["activity", "coupon"])]
 pub struct PointsGrantRejected {
     pub user_id: String,
     pub points: u32,
     pub reason: String,
 }
-event!(
-    PointsGrantRejected,
-    "registration.points.grant-rejected.v1",
-    topics::POINTS
-);
 
 /// Coupon and points both arrived: the welcome package is complete.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.activity.welcome-package-completed.v1", topic = topics::ACTIVITY,
+        producer = "activity", consumers = ["user"])]
 pub struct WelcomePackageCompleted {
     pub user_id: String,
     pub coupon_code: String,
     pub points: u32,
 }
-event!(
-    WelcomePackageCompleted,
-    "registration.activity.welcome-package-completed.v1",
-    topics::ACTIVITY
-);
 
 /// The welcome package failed; what was granted was compensated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.activity.welcome-package-failed.v1", topic = topics::ACTIVITY,
+        producer = "activity", consumers = ["user"])]
 pub struct WelcomePackageFailed {
     pub user_id: String,
     pub reason: String,
 }
-event!(
-    WelcomePackageFailed,
-    "registration.activity.welcome-package-failed.v1",
-    topics::ACTIVITY
-);
 
 /// The saga ended well: the user got the welcome package.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.user.welcomed.v1", topic = topics::USER,
+        producer = "user", ends_saga = "completed")]
 pub struct UserWelcomed {
     pub user_id: String,
     pub coupon_code: String,
     pub points: u32,
 }
-event!(UserWelcomed, "registration.user.welcomed.v1", topics::USER);
 
 /// The saga ended in a refusal: the enrolment was rejected.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.user.rejected.v1", topic = topics::USER,
+        producer = "user", ends_saga = "failed")]
 pub struct RegistrationRejected {
     pub user_id: String,
     pub reason: String,
 }
-event!(
-    RegistrationRejected,
-    "registration.user.rejected.v1",
-    topics::USER
-);
 
 /// The saga ended after compensation: the registration is flagged for follow-up.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Event)]
 #[serde(deny_unknown_fields)]
+#[event(type = "registration.user.flagged.v1", topic = topics::USER,
+        producer = "user", ends_saga = "compensated")]
 pub struct RegistrationFlagged {
     pub user_id: String,
     pub reason: String,
 }
-event!(
-    RegistrationFlagged,
-    "registration.user.flagged.v1",
-    topics::USER
-);
+
+/// Every event type of the choreography, whose documents are the files in `schemas/`.
+pub fn schemas() -> Schemas {
+    Schemas::new()
+        .event::<UserRegistered>()
+        .event::<NewcomerEnrolled>()
+        .event::<EnrollmentRejected>()
+        .event::<CouponIssued>()
+        .event::<CouponRevoked>()
+        .event::<PointsGranted>()
+        .event::<PointsGrantRejected>()
+        .event::<WelcomePackageCompleted>()
+        .event::<WelcomePackageFailed>()
+        .event::<UserWelcomed>()
+        .event::<RegistrationRejected>()
+        .event::<RegistrationFlagged>()
+}
 
 /// The catalogue documents, embedded at build time from `schemas/`.
 pub const SCHEMA_FILES: [(&str, &str); 12] = [
@@ -268,85 +246,43 @@ pub fn catalogue() -> Arc<Catalogue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
 
-    /// Each type with its place in the choreography: (schema, type, topic, producer, consumers, ends-saga).
-    fn expected() -> Vec<(Value, &'static str, &'static str, Value, Value, Value)> {
-        fn row<E: Event + JsonSchema>(
-            producer: &str,
-            consumers: &[&str],
-            ends: Value,
-        ) -> (Value, &'static str, &'static str, Value, Value, Value) {
-            (
-                serde_json::to_value(schemars::schema_for!(E)).unwrap(),
-                E::TYPE,
-                E::TOPIC,
-                json!(producer),
-                json!(consumers),
-                ends,
-            )
-        }
-        vec![
-            row::<UserRegistered>("user", &["activity"], Value::Null),
-            row::<NewcomerEnrolled>("activity", &["coupon", "points"], Value::Null),
-            row::<EnrollmentRejected>("activity", &["user"], Value::Null),
-            row::<CouponIssued>("coupon", &["activity"], Value::Null),
-            row::<CouponRevoked>("coupon", &["activity"], Value::Null),
-            row::<PointsGranted>("points", &["activity"], Value::Null),
-            row::<PointsGrantRejected>("points", &["activity", "coupon"], Value::Null),
-            row::<WelcomePackageCompleted>("activity", &["user"], Value::Null),
-            row::<WelcomePackageFailed>("activity", &["user"], Value::Null),
-            row::<UserWelcomed>("user", &[], json!("completed")),
-            row::<RegistrationRejected>("user", &[], json!("failed")),
-            row::<RegistrationFlagged>("user", &[], json!("compensated")),
-        ]
-    }
-
-    /// The Rust types and `schemas/` cannot drift: this fails on any difference.
+    /// The Rust types and `schemas/` cannot drift: this fails on any difference, and on a file
+    /// no type produces (`CHOREOGRAPH_UPDATE_SCHEMAS=1` rewrites the files from the types).
     #[test]
     fn schemas_match_the_rust_types() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
-        let update = std::env::var("UPDATE_SCHEMAS").is_ok();
-        let mut drift = Vec::new();
-        for (schema, event_type, topic, producer, consumers, ends) in expected() {
-            let mut doc = schema;
-            doc["x-choreograph"] = json!({
-                "type": event_type, "topic": topic, "producer": producer,
-                "consumers": consumers, "ends-saga": ends,
-            });
-            let path = dir.join(format!("{event_type}.json"));
-            let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
-            if update {
-                std::fs::write(&path, &text).unwrap();
-                continue;
-            }
-            let on_disk: Option<Value> = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            if on_disk.as_ref() != Some(&doc) {
-                drift.push(format!(
-                    "{}:\n  Rust says: {}\n  file says: {}",
-                    path.display(),
-                    doc,
-                    on_disk
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "(missing or not JSON)".into())
-                ));
-            }
-        }
-        assert!(drift.is_empty(), "schemas/ and the Rust types differ (fix the type, or run `UPDATE_SCHEMAS=1 cargo test -p registration-events` to rewrite the schemas from the types):\n{}", drift.join("\n"));
-        // Every file in schemas/ is a known type: no orphan contract.
-        let files = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().map(|x| x == "json").unwrap_or(false))
-            .count();
+        schemas().check_or_update_dir(&dir).unwrap();
+        // Then the files are exactly the types' documents; SCHEMA_FILES embeds each of them.
+        let listed: Vec<&str> = SCHEMA_FILES.iter().map(|(name, _)| *name).collect();
+        let generated: Vec<String> = schemas().documents().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
-            files,
-            expected().len(),
-            "schemas/ holds a schema no Rust type matches"
+            SCHEMA_FILES.len(),
+            schemas().len(),
+            "SCHEMA_FILES lists every schema"
         );
-        assert_eq!(SCHEMA_FILES.len(), files, "SCHEMA_FILES lists every schema");
+        assert_eq!(
+            listed, generated,
+            "SCHEMA_FILES lists every schema, in order"
+        );
+    }
+
+    /// The catalogue generated in process and the one embedded from `schemas/` agree.
+    #[test]
+    fn the_generated_catalogue_is_the_embedded_one() {
+        let generated = schemas().catalogue().unwrap();
+        let embedded = catalogue();
+        let placements = |c: &Catalogue| {
+            c.entries()
+                .map(|e| (e.placement.clone(), e.document.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(placements(&generated), placements(&embedded));
+        assert_eq!(generated.entries().count(), 12);
+        for (name, _) in SCHEMA_FILES {
+            let event_type = name.strip_suffix(".json").unwrap();
+            assert!(generated.get(event_type).is_some(), "{name}");
+        }
     }
 
     #[test]
