@@ -282,6 +282,38 @@ fn parse_num<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     }
 }
 
+/// The fixes the linked librdkafka carries, comma-separated: `idempotent-producer-spin` when
+/// `rdkafka-sys` comes from this workspace's `vendor/rdkafka-sys` (`[patch.crates-io]`), empty
+/// when it comes from crates.io.
+pub const LIBRDKAFKA_PATCHES: &str = env!("CHOREOGRAPH_LIBRDKAFKA_PATCHES");
+
+/// Whether the linked librdkafka carries the fix for the idempotent producer's busy loop
+/// (`vendor/rdkafka-sys/PATCH.md`).
+pub fn librdkafka_has_busy_loop_fix() -> bool {
+    LIBRDKAFKA_PATCHES
+        .split(',')
+        .any(|p| p.trim() == "idempotent-producer-spin")
+}
+
+/// Warns once per process when the linked librdkafka lacks the busy-loop fix: services and
+/// publishers call it when they start.
+pub(crate) fn check_librdkafka() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        if !librdkafka_has_busy_loop_fix() {
+            let (_, version) = rdkafka::util::get_rdkafka_version();
+            tracing::warn!(
+                librdkafka = %version,
+                "this build links librdkafka {version} without Choreograph's fix for the idempotent \
+                 producer's busy loop (a producer thread spins while a partition waits for its request \
+                 in flight: up to twice the CPU per record); take rdkafka-sys from Choreograph's \
+                 vendor/rdkafka-sys with `[patch.crates-io] rdkafka-sys = {{ path = \"<choreograph>/vendor/rdkafka-sys\" }}` \
+                 in your workspace's Cargo.toml (README: \"Use it in your crate\")"
+            );
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

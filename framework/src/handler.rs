@@ -267,6 +267,21 @@ impl Context {
         Self::for_test(service, ce, saga_state)
     }
 
+    /// The same test context on attempt `attempt` (1 is the first, 2 the first retry, ...):
+    /// for testing a handler's retry path, which reads [`Context::attempt`]. Attempt 0 is
+    /// taken as 1.
+    ///
+    /// ```
+    /// # use choreograph::{CloudEvent, Context, CorrelationId};
+    /// let ctx = Context::for_test("svc", CloudEvent::new("/t", "t.v1", CorrelationId::new(), b"{}".to_vec()), None)
+    ///     .with_attempt(3);
+    /// assert_eq!(ctx.attempt(), 3);
+    /// ```
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
     /// The saga state as stored JSON (for tests: what a handler left behind).
     pub fn saga_state_json(&self) -> Option<serde_json::Value> {
         self.saga.as_ref().and_then(|s| s.read())

@@ -65,12 +65,17 @@ pub use handler::{Context, Emit, HandlerError, State};
 pub use idempotency::Idempotency;
 pub use publish::{PublishError, Published, Publisher};
 pub use runtime::{
-    ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions, ShutdownHandle,
+    NotReady, NotReadyCause, ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions,
+    ShutdownHandle,
 };
 pub use schema::{SchemaDrift, Schemas};
 /// The schemars version the framework generates schemas with: `#[derive(JsonSchema)]` with
 /// `#[schemars(crate = "choreograph::schemars")]` needs no schemars dependency of its own
 /// (adding `schemars = "1"` to the crate is simpler).
 pub use schemars;
+/// The Kafka client the framework is built on, for what a user must touch (a dead letter's
+/// record, `rdkafka::Message` to read it, client properties): the same version, no dependency
+/// of one's own to keep in step.
+pub use rdkafka;
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

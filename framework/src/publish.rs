@@ -94,6 +94,7 @@ pub fn producer_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
 impl Publisher {
     /// A publisher that writes events with the given `source` (e.g. `/services/user`).
     pub fn new(config: &KafkaConfig, source: impl Into<String>) -> Result<Self, PublishError> {
+        crate::config::check_librdkafka();
         let producer: FutureProducer = producer_config(config)
             .create()
             .map_err(|e| PublishError::Client(e.to_string()))?;

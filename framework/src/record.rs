@@ -446,8 +446,19 @@ pub(crate) fn read_partition(
     let (low, high) = watermarks(&consumer, topic, partition, timeout)
         .map_err(|e| format!("watermarks of {topic}[{partition}]: {e}"))?;
     let mut start = low;
-    if let ReadFrom::Since { time_ms, at_most } = from {
+    if let ReadFrom::Since { at_most, .. } = from {
         start = start.max(high - at_most as i64);
+    }
+    // The mock cluster (embedded) finds no offset by time: read its last `at_most` records.
+    let by_time = match from {
+        ReadFrom::Since { time_ms, .. }
+            if !crate::embedded::is_mock_cluster(consumer.client(), timeout) =>
+        {
+            Some(time_ms)
+        }
+        _ => None,
+    };
+    if let Some(time_ms) = by_time {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(time_ms))
             .map_err(|e| e.to_string())?;

@@ -528,6 +528,9 @@ fn is_permanent(e: &KafkaError) -> bool {
     )
 }
 
+/// How often a service still joining its group says so.
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(5);
+
 /// A one-way signal: raised once, awaited by anyone.
 #[derive(Clone, Default)]
 struct Flag {
@@ -570,18 +573,69 @@ impl ShutdownHandle {
     }
 }
 
-/// Tells when a running service first got its partitions (and restored their saga state).
+/// Tells when a running service first got its partitions (and restored their saga state), or
+/// that it never will: it could not start, or stopped first.
 #[derive(Clone, Default)]
-pub struct ReadySignal(Flag);
+pub struct ReadySignal {
+    flag: Flag,
+    /// Why the service will not be (or stopped being) ready; set before the flag is raised.
+    failure: Arc<std::sync::OnceLock<NotReady>>,
+}
+
+/// A service that will not become ready: why ([`ReadySignal::wait`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("service `{service}` {}: {reason}", match .cause {
+    NotReadyCause::CannotStart => "cannot start",
+    NotReadyCause::Failed => "failed",
+    NotReadyCause::Stopped => "stopped",
+})]
+pub struct NotReady {
+    pub service: String,
+    pub cause: NotReadyCause,
+    /// The error [`Service::run`] returned (or why it stopped).
+    pub reason: String,
+}
+
+/// When a service ended ([`NotReady`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReadyCause {
+    /// Before it got its first partitions: topics, configuration, the cluster, restoring.
+    CannotStart,
+    /// After it had been ready.
+    Failed,
+    /// It was asked to stop (before it got ready, or after).
+    Stopped,
+}
 
 impl ReadySignal {
-    /// Resolves once the service has joined its group and been assigned partitions.
-    pub async fn wait(&self) {
-        self.0.wait().await
+    /// Resolves once the service has joined its group and been assigned partitions, or with
+    /// the reason it will not: it failed to start (the error [`Service::run`] returns), failed
+    /// later, or stopped.
+    pub async fn wait(&self) -> Result<(), NotReady> {
+        self.flag.wait().await;
+        match self.failure.get() {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
     }
 
+    /// Whether the service got its partitions and has not failed or stopped since.
     pub fn is_ready(&self) -> bool {
-        self.0.is_raised()
+        self.flag.is_raised() && self.failure.get().is_none()
+    }
+
+    fn raise(&self) {
+        self.flag.raise();
+    }
+
+    /// The service ended: waiters resolve with why. The first reason stays.
+    fn end(&self, service: &str, cause: NotReadyCause, reason: String) {
+        let _ = self.failure.set(NotReady {
+            service: service.to_owned(),
+            cause,
+            reason,
+        });
+        self.flag.raise();
     }
 }
 
@@ -643,7 +697,7 @@ where
     let config = match KafkaConfig::from_env() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("configuration: {e}");
+            tracing::error!("cannot start: configuration: {e}");
             return ExitCode::from(2);
         }
     };
@@ -668,16 +722,14 @@ where
             return ExitCode::from(2);
         }
     };
+    let ready = service.ready_signal();
+    // `run` logs its error (`cannot start` / `service failed`) itself.
     match runtime.block_on(service.run()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (ServiceError::Topic(_) | ServiceError::NotCoPartitioned { .. })) => {
-            tracing::error!("cannot start: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            tracing::error!("stopped: {e}");
-            ExitCode::FAILURE
-        }
+        Err(_) => match ready.failure.get().map(|f| f.cause) {
+            Some(NotReadyCause::CannotStart) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        },
     }
 }
 
@@ -984,7 +1036,31 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
     ///
     /// Dropping the returned future instead abandons in-flight work without committing it, as
     /// a crash would (the next owner of the partitions handles it again).
+    ///
+    /// A service that cannot start (a topic missing or not creatable, the cluster unreachable,
+    /// state that cannot be restored) logs the error at once, resolves its [`ReadySignal`] with
+    /// it and returns it.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let ready = self.ready.clone();
+        let name = self.name.clone();
+        let instance = self.instance.clone();
+        let result = self.run_service(stop).await;
+        match &result {
+            Err(e) if !ready.flag.is_raised() => {
+                tracing::error!(service = %name, instance = %instance, error = %e, "cannot start");
+                ready.end(&name, NotReadyCause::CannotStart, e.to_string());
+            }
+            Err(e) => {
+                tracing::error!(service = %name, instance = %instance, error = %e, "service failed");
+                ready.end(&name, NotReadyCause::Failed, e.to_string());
+            }
+            Ok(()) => ready.end(&name, NotReadyCause::Stopped, "shut down".into()),
+        }
+        result
+    }
+
+    async fn run_service(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        crate::config::check_librdkafka();
         let inputs = self.input_topics();
         let dlqs: Vec<String> = inputs.iter().map(|t| self.dead_letter_topic(t)).collect();
         let saga_log = self.config.topic(&self.config.saga_log_topic);
@@ -1124,9 +1200,6 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
         };
         // The consumer thread is gone: work still running is abandoned (never committed).
         dispatcher.abort();
-        if let Err(e) = &result {
-            tracing::error!(service = %self.name, error = %e, "service failed");
-        }
         let producers = std::iter::once(self.producer.clone()).chain(tail_producer);
         for producer in producers {
             let flush =
@@ -2987,7 +3060,7 @@ impl ConsumerContext for RuntimeContext {
             self.restore(&numbers, false);
             tracing::info!(service = %self.service, partitions = ?assigned, "partitions assigned");
             if !assigned.is_empty() {
-                self.ready.0.raise();
+                self.ready.raise();
             }
         }
     }
@@ -3372,6 +3445,8 @@ impl ConsumerThread {
         let mut last_poll_error: Option<Instant> = None;
         let mut seq = 0u64;
         let mut failed: Option<String> = None;
+        let subscribed = Instant::now();
+        let mut last_waiting_note = subscribed;
         loop {
             let ctx = consumer.context();
             ctx.absorb_completions(None);
@@ -3435,6 +3510,11 @@ impl ConsumerThread {
             if total >= bound && draining_since.is_none() {
                 ctx.absorb_completions(Some(Duration::from_millis(5)));
                 continue;
+            }
+            // Start-up never waits in silence: joining the group is said every few seconds.
+            if !self.ready.flag.is_raised() && last_waiting_note.elapsed() >= WAITING_NOTE_EVERY {
+                tracing::info!(service = %self.service, group = %self.group, waited_s = subscribed.elapsed().as_secs(), "waiting for the group to assign partitions (an instance beyond the partition count gets none until another leaves)");
+                last_waiting_note = Instant::now();
             }
 
             // Take up to a batch of records (the first poll waits up to 5 ms, the rest take only

@@ -34,6 +34,8 @@ pub enum TopicError {
     CreateFailed { topic: String, reason: String },
     #[error("topic `{topic}`: {reason}")]
     Metadata { topic: String, reason: String },
+    #[error("topic `{topic}` does not exist and the cluster at {servers} is a librdkafka mock cluster of another process, which cannot create topics for this one: create it in the process that runs the cluster (`EmbeddedKafka::create_topic`, or let a service of that process create it), or use a real broker")]
+    MockElsewhere { topic: String, servers: String },
     #[error("cannot create a Kafka client: {0}")]
     Client(String),
 }
@@ -199,6 +201,31 @@ impl Topics {
     async fn create(&self, topic: &str, spec: &TopicSpec) -> Result<(), TopicError> {
         let settings = &self.config.topics;
         let partitions = spec.partitions.unwrap_or(settings.partitions);
+        // librdkafka's mock cluster has no CreateTopics: one of this process is asked directly
+        // (it keeps no cleanup policy or retention), one of another process cannot be.
+        if let Some(created) =
+            crate::embedded::create_in_process(self.config.bootstrap_servers(), topic, partitions)
+        {
+            created.map_err(|e| TopicError::CreateFailed {
+                topic: topic.to_owned(),
+                reason: e.to_string(),
+            })?;
+            tracing::info!(topic, partitions, "created topic (embedded cluster)");
+            return Ok(());
+        }
+        let admin = self.admin.clone();
+        let timeout = self.config.connect_timeout;
+        let mock = tokio::task::spawn_blocking(move || {
+            crate::embedded::is_mock_cluster(admin.inner(), timeout)
+        })
+        .await
+        .unwrap_or(false);
+        if mock {
+            return Err(TopicError::MockElsewhere {
+                topic: topic.to_owned(),
+                servers: self.config.bootstrap_servers().to_owned(),
+            });
+        }
         let mut new = NewTopic::new(
             topic,
             partitions,
@@ -218,7 +245,13 @@ impl Topics {
             self.admin.create_topics([&new], &options),
         )
         .await
-        .map_err(|_| self.unreachable(started, "CreateTopics got no answer"))?
+        .map_err(|_| TopicError::CreateFailed {
+            topic: topic.to_owned(),
+            reason: format!(
+                "the cluster answered metadata requests but not CreateTopics within {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+        })?
         .map_err(|e| TopicError::CreateFailed {
             topic: topic.to_owned(),
             reason: e.to_string(),

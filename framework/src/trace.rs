@@ -36,6 +36,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+pub mod text;
+
 use crate::catalogue::{Catalogue, SagaOutcome};
 use crate::config::KafkaConfig;
 use crate::envelope::CorrelationId;
@@ -346,6 +348,9 @@ pub struct Tracer {
     partitions: std::sync::Mutex<HashMap<String, Option<i32>>>,
     /// One read at a time: reads assign the shared consumer.
     reading: std::sync::Mutex<()>,
+    /// librdkafka's mock cluster (the embedded one): it finds no offset by time, so its
+    /// partitions are read from their start.
+    mock: bool,
 }
 
 /// A record read from one topic partition.
@@ -384,14 +389,17 @@ impl Tracer {
                 timeout_ms,
                 reason: e.to_string(),
             })?;
-        let tracer = Self {
+        let mut tracer = Self {
             config: config.clone(),
             catalogue,
             consumer,
             partitions: Default::default(),
             reading: Default::default(),
+            mock: false,
         };
         tracer.partition_count(&tracer.saga_log_topic())?;
+        tracer.mock =
+            crate::embedded::is_mock_cluster(tracer.consumer.client(), config.connect_timeout);
         Ok(tracer)
     }
 
@@ -449,7 +457,7 @@ impl Tracer {
     }
 
     /// The first offset at or after `ts_ms` of each partition (the high watermark when there
-    /// is none).
+    /// is none; the low watermark on the mock cluster, which finds no offset by time).
     fn offsets_at(
         &self,
         partitions: &[(String, i32)],
@@ -460,11 +468,24 @@ impl Tracer {
         if partitions.is_empty() {
             return Ok(out);
         }
+        let deadline = Instant::now() + timeout;
+        if self.mock {
+            for (topic, p) in partitions {
+                let (low, _high) = retry_transient(deadline, || {
+                    self.consumer.fetch_watermarks(
+                        topic,
+                        *p,
+                        deadline.saturating_duration_since(Instant::now()),
+                    )
+                })?;
+                out.insert((topic.clone(), *p), low);
+            }
+            return Ok(out);
+        }
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in partitions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(ts_ms.max(0)))?;
         }
-        let deadline = Instant::now() + timeout;
         let found = retry_transient(deadline, || {
             self.consumer.offsets_for_times(
                 tpl.clone(),
@@ -1240,6 +1261,12 @@ impl SagaTrace {
     /// The event with this id.
     pub fn event(&self, id: &str) -> Option<&TracedEvent> {
         self.events.iter().find(|e| e.id == id)
+    }
+
+    /// The terminal view `choreograph trace` prints ([`text::render`]); `color` adds ANSI
+    /// colours.
+    pub fn to_text(&self, color: bool) -> String {
+        text::render(self, color)
     }
 
     /// A Mermaid `sequenceDiagram` of the saga across services.

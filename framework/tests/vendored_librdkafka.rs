@@ -53,3 +53,14 @@ fn the_lock_file_takes_rdkafka_sys_from_the_vendored_path() {
         "the root Cargo.toml no longer patches rdkafka-sys with vendor/rdkafka-sys"
     );
 }
+
+#[test]
+fn the_framework_knows_it_links_the_fixed_librdkafka() {
+    // From the vendored build script through the framework's (DEP_RDKAFKA_CHOREOGRAPH_PATCHES):
+    // without it, every service would warn at start-up that the fix is missing.
+    assert!(
+        choreograph::config::librdkafka_has_busy_loop_fix(),
+        "the framework does not see the vendored librdkafka's patch marker ({:?}): check vendor/rdkafka-sys/build.rs and framework/build.rs",
+        choreograph::config::LIBRDKAFKA_PATCHES
+    );
+}

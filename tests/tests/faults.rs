@@ -954,6 +954,7 @@ async fn poison_record(mode: Mode) {
     let running = tokio::spawn(service.run_until(futures::future::pending()));
     tokio::time::timeout(Duration::from_secs(60), ready.wait())
         .await
+        .expect("the service got ready in time")
         .expect("the service got ready");
 
     let publisher = Publisher::new(&config, "/services/shop").unwrap();

@@ -97,6 +97,10 @@ fn main() {
         }
         eprintln!("Building and linking librdkafka statically");
         build_librdkafka();
+        // Choreograph's patch (PATCH.md): tells the crates that depend on this one (their
+        // build scripts see DEP_RDKAFKA_CHOREOGRAPH_PATCHES) that the bundled librdkafka
+        // carries the fix.
+        println!("cargo:choreograph_patches=idempotent-producer-spin");
     }
 }
 

@@ -4,7 +4,8 @@
 //! real cluster, runs the four services (user, activity, coupon, points: the same code as their
 //! binaries), registers users so that every branch runs (welcomed, rejected enrolment,
 //! compensated points refusal), shows progress, and prints a sample saga of each outcome in
-//! causal order with timings, then a summary.
+//! causal order with timings, then a summary. With `--serve` it keeps running afterwards, for
+//! the CLI to trace, list and publish against.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -30,6 +31,10 @@ struct Args {
     /// Give up waiting for the sagas to end after this many seconds
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Keep the cluster and the services running after the report, until Ctrl-C, so the CLI
+    /// (`choreograph --brokers ADDRESS trace ...`) can look at them
+    #[arg(long)]
+    serve: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,26 +70,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         None => {
             let kafka = EmbeddedKafka::start(1)?;
-            // The mock has no CreateTopics API: create every topic the choreography uses.
-            for topic in catalogue.topics() {
-                kafka.create_topic(topic, 6)?;
-                kafka.create_topic(&format!("{topic}.dlq"), 6)?;
-            }
-            kafka.create_topic(choreograph::saga_log::DEFAULT_TOPIC, 6)?;
-            for service in ["user", "activity", "coupon"] {
-                kafka.create_topic(&format!("{service}.saga-state"), 6)?;
-            }
-            // Idempotency markers (on by default).
-            for service in ["user", "activity", "coupon", "points"] {
-                kafka.create_topic(&format!("{service}.handled"), 6)?;
-            }
+            // Nothing to create by hand: the services create their topics (events, dead
+            // letters, saga log, markers, saga state) on the embedded cluster as on a broker.
             println!(
                 "Kafka: embedded (librdkafka mock cluster at {}; pass --brokers HOST:PORT for a real cluster)",
                 kafka.bootstrap_servers()
             );
-            // An empty fetch on the mock waits the whole fetch.wait.max.ms: keep it short.
-            let config =
-                KafkaConfig::new(kafka.bootstrap_servers())?.with("fetch.wait.max.ms", "5");
+            let config = kafka.kafka_config();
             _embedded = kafka;
             config
         }
@@ -100,11 +92,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // Register once every service has joined its group, so the timings show the choreography,
     // not the services starting up.
     let joined = all_joined(&services);
-    if tokio::time::timeout(Duration::from_secs(60), joined)
-        .await
-        .is_err()
-    {
-        anyhow::bail!("the services did not join their consumer groups within 60 s");
+    match tokio::time::timeout(Duration::from_secs(60), joined).await {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the services did not join their consumer groups within 60 s"),
     }
     println!("services: user, activity, coupon, points (joined their consumer groups)");
 
@@ -144,12 +134,28 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     watch
         .settle(Duration::from_millis(500), Duration::from_secs(10))
         .await;
+    let ok = report(&watch.all(), &sagas, &catalogue, total)?;
+    if args.serve {
+        let sample = sagas
+            .iter()
+            .min_by_key(|(_, i)| **i)
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_default();
+        let servers = config.bootstrap_servers();
+        println!();
+        println!("serving: Kafka at {servers}, the four services running; Ctrl-C stops them. Try:");
+        println!(
+            "  cargo run -q -p choreograph -- --brokers {servers} --schemas schemas trace {sample}"
+        );
+        println!("  cargo run -q -p choreograph -- --brokers {servers} --schemas schemas sagas --since 10m");
+        println!("  cargo run -q -p choreograph -- --brokers {servers} --schemas schemas publish --type registration.user.registered.v1 --data '{{\"user_id\":\"u-1\",\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"plan\":\"pro\"}}'");
+        choreograph::runtime::termination_signal().await;
+    }
     for (handle, _, task) in services {
         handle.shutdown();
         task.await.context("a service task")??;
     }
-
-    report(&watch.all(), &sagas, &catalogue, total)
+    Ok(ok)
 }
 
 type Running = (
@@ -158,10 +164,11 @@ type Running = (
     tokio::task::JoinHandle<Result<(), choreograph::ServiceError>>,
 );
 
-async fn all_joined(services: &[Running]) {
+async fn all_joined(services: &[Running]) -> Result<(), choreograph::NotReady> {
     for (_, ready, _) in services {
-        ready.wait().await;
+        ready.wait().await?;
     }
+    Ok(())
 }
 
 fn spawn<S: Clone + Send + Sync + 'static>(service: choreograph::Service<S>) -> Running {
