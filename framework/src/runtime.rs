@@ -1062,6 +1062,9 @@ impl<S: Clone + Send + Sync + 'static> Service<S> {
     async fn run_service(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
         crate::config::check_librdkafka();
         let inputs = self.input_topics();
+        // Said before anything that waits on the cluster (each wait is bounded by the connect
+        // timeout, and its failure is logged as `cannot start`).
+        tracing::info!(service = %self.name, instance = %self.instance, servers = %self.config.bootstrap_servers(), connect_timeout = ?self.config.connect_timeout, "starting: checking topics, restoring state, joining the group");
         let dlqs: Vec<String> = inputs.iter().map(|t| self.dead_letter_topic(t)).collect();
         let saga_log = self.config.topic(&self.config.saga_log_topic);
         let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
