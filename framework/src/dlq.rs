@@ -23,6 +23,23 @@ pub const REPLAYS_TOPIC: &str = "choreograph.dlq-replays";
 /// The header a replayed record carries: where it was replayed from.
 pub const REPLAYED_FROM: &str = "dlq_replayed_from";
 
+/// Dead letters could not be listed or replayed: the message says what and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DlqError(pub String);
+
+impl From<String> for DlqError {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<DlqError> for String {
+    fn from(e: DlqError) -> Self {
+        e.0
+    }
+}
+
 /// One dead letter, as read from a dead-letter topic.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeadLetterRecord {
@@ -46,7 +63,7 @@ pub struct DeadLetterRecord {
 }
 
 /// The dead-letter topics of the cluster (names ending in `.dlq`, with the topic prefix).
-pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, String> {
+pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, DlqError> {
     let consumer: BaseConsumer = config.client_config().create().map_err(|e| e.to_string())?;
     let metadata = consumer
         .fetch_metadata(None, config.connect_timeout)
@@ -67,7 +84,7 @@ pub fn dead_letter_topics(config: &KafkaConfig) -> Result<Vec<String>, String> {
 }
 
 /// The origins (`<dlq topic>/<partition>/<offset>`) already replayed.
-pub fn replayed(config: &KafkaConfig, timeout: Duration) -> Result<HashSet<String>, String> {
+pub fn replayed(config: &KafkaConfig, timeout: Duration) -> Result<HashSet<String>, DlqError> {
     let topic = config.topic(REPLAYS_TOPIC);
     match crate::record::read_to_end(config, &topic, timeout) {
         Ok(records) => Ok(records
@@ -75,7 +92,7 @@ pub fn replayed(config: &KafkaConfig, timeout: Duration) -> Result<HashSet<Strin
             .filter_map(|m| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
             .collect()),
         Err(e) if e.contains("does not exist") => Ok(HashSet::new()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -84,7 +101,7 @@ pub fn list(
     config: &KafkaConfig,
     dlq_topic: &str,
     timeout: Duration,
-) -> Result<Vec<DeadLetterRecord>, String> {
+) -> Result<Vec<DeadLetterRecord>, DlqError> {
     let done = replayed(config, timeout)?;
     let records = crate::record::read_to_end(config, dlq_topic, timeout)?;
     Ok(records
@@ -148,9 +165,9 @@ pub async fn replay_one(
     producer: &FutureProducer,
     config: &KafkaConfig,
     letter: &DeadLetterRecord,
-) -> Result<(i32, i64), String> {
+) -> Result<(i32, i64), DlqError> {
     if let Some(why) = refusal(letter) {
-        return Err(format!("{}: {why}", letter.id));
+        return Err(format!("{}: {why}", letter.id).into());
     }
     let m = &letter.record;
     let mut headers = OwnedHeaders::new();
@@ -203,7 +220,7 @@ pub async fn replay_one(
 }
 
 /// Makes sure the replay log exists (compacted).
-pub async fn ensure_replay_log(config: &KafkaConfig) -> Result<(), String> {
+pub async fn ensure_replay_log(config: &KafkaConfig) -> Result<(), DlqError> {
     let topics = Topics::new(config).map_err(|e| e.to_string())?;
     topics
         .ensure_spec(
@@ -215,5 +232,5 @@ pub async fn ensure_replay_log(config: &KafkaConfig) -> Result<(), String> {
             },
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| DlqError(e.to_string()))
 }

@@ -64,6 +64,10 @@ pub use event::{DataError, Event};
 pub use handler::{Context, Emit, HandlerError, State};
 pub use idempotency::Idempotency;
 pub use publish::{PublishError, Published, Publisher};
+/// The Kafka client the framework is built on, for what a user must touch (a dead letter's
+/// record, `rdkafka::Message` to read it, client properties): the same version, no dependency
+/// of one's own to keep in step.
+pub use rdkafka;
 pub use runtime::{
     NotReady, NotReadyCause, ReadySignal, RetryPolicy, Service, ServiceError, ServiceOptions,
     ShutdownHandle,
@@ -73,9 +77,5 @@ pub use schema::{SchemaDrift, Schemas};
 /// `#[schemars(crate = "choreograph::schemars")]` needs no schemars dependency of its own
 /// (adding `schemars = "1"` to the crate is simpler).
 pub use schemars;
-/// The Kafka client the framework is built on, for what a user must touch (a dead letter's
-/// record, `rdkafka::Message` to read it, client properties): the same version, no dependency
-/// of one's own to keep in step.
-pub use rdkafka;
 pub use topics::{TopicError, Topics};
 pub use trace_context::TraceParent;

@@ -71,12 +71,13 @@ fn dlq_topic(topic: &str) -> String {
 
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<String> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| e.to_string())?
+        .map_err(Into::into)
 }
 
 pub async fn run(kafka: &KafkaArgs, command: DlqCommand) -> Result<(), String> {
