@@ -3073,6 +3073,21 @@ impl RuntimeContext {
     /// Loads the saga state and handled markers of these partition numbers (blocking); with
     /// `reload`, also those already loaded.
     fn restore(&self, numbers: &[i32], reload: bool) {
+        let due = numbers.iter().any(|&p| {
+            let state = self
+                .saga_state
+                .as_ref()
+                .is_some_and(|(_, store)| reload || !store.is_loaded(p));
+            let markers = self
+                .handled_log
+                .as_ref()
+                .is_some_and(|(_, log)| reload || !log.is_loaded(p));
+            state || markers
+        });
+        if due {
+            // Said before the reads (each bounded to 60 s): records wait for them.
+            tracing::info!(service = %self.service, partitions = ?numbers, "restoring saga state and handled markers");
+        }
         for &p in numbers {
             if let Some((changelog, store)) = &self.saga_state {
                 if reload || !store.is_loaded(p) {
