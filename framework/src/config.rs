@@ -308,7 +308,7 @@ pub(crate) fn check_librdkafka() {
                  producer's busy loop (a producer thread spins while a partition waits for its request \
                  in flight: up to twice the CPU per record); take rdkafka-sys from Choreograph's \
                  vendor/rdkafka-sys with `[patch.crates-io] rdkafka-sys = {{ path = \"<choreograph>/vendor/rdkafka-sys\" }}` \
-                 in your workspace's Cargo.toml (README: \"Use it in your crate\")"
+                 in your workspace's Cargo.toml (docs/your-own-choreography.md)"
             );
         }
     });
