@@ -1,7 +1,8 @@
 //! Configuration: where the brokers are, what else the Kafka client should be told, and how
 //! topics are created.
 //!
-//! Every value can come from the builder methods or from the environment:
+//! Every value can come from the builder methods or from the environment (the whole table, with
+//! the services' variables and the librdkafka settings the runtime sets: `docs/configuration.md`):
 //!
 //! | environment variable                   | meaning                                               | default            |
 //! |----------------------------------------|-------------------------------------------------------|--------------------|

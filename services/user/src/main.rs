@@ -1,4 +1,5 @@
-//! The user service binary: configured by environment (see the README), stops on SIGTERM.
+//! The user service binary: configured by environment (its own settings: the README; Kafka
+//! and the runtime: docs/configuration.md), stops on SIGTERM.
 fn main() -> std::process::ExitCode {
     choreograph::runtime::service_main(|config| Ok(user::service(config)?))
 }

@@ -1,7 +1,7 @@
 //! `choreograph`: the command line of the Choreograph framework.
 //!
 //! Run `choreograph --help` (or `choreograph <command> --help`) for the usage of each command;
-//! the README documents them all.
+//! docs/cli.md documents them all.
 
 use std::process::ExitCode;
 
