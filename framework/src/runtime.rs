@@ -639,9 +639,10 @@ impl ReadySignal {
     }
 }
 
-/// Logs to stderr with the filter from `RUST_LOG`, else `default_level` for everything but
-/// librdkafka's own messages: it reports every failed connection attempt, and Choreograph
-/// reports outages itself, rate-limited (`RUST_LOG=librdkafka=warn` shows them all).
+/// Logs to stderr (coloured only on a terminal, and not with `NO_COLOR`) with the filter from
+/// `RUST_LOG`, else `default_level` for everything but librdkafka's own messages: it reports
+/// every failed connection attempt, and Choreograph reports outages itself, rate-limited
+/// (`RUST_LOG=librdkafka=warn` shows them all).
 pub fn init_logging(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -650,6 +651,12 @@ pub fn init_logging(default_level: &str) {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal (and never with NO_COLOR): log files and collectors get
+        // plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
 }
 
