@@ -58,6 +58,14 @@ fn run_binary(name: &str, env: &[(&str, String)], limit: Duration) -> (Option<i3
     }
 }
 
+/// Checks a binary exited 2 and returns the line where it said it cannot start.
+fn cannot_start_line(code: Option<i32>, log: &str) -> &str {
+    assert_eq!(code, Some(2), "{log}");
+    log.lines()
+        .find(|l| l.contains("cannot start"))
+        .unwrap_or_else(|| panic!("no `cannot start` line:\n{log}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn a_service_whose_topics_cannot_be_created_fails_its_ready_signal_and_run() {
@@ -112,11 +120,7 @@ fn a_service_binary_refused_its_topics_logs_why_and_exits_2() {
         ],
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(2), "{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains("cannot start"))
-        .unwrap_or_else(|| panic!("no `cannot start` line:\n{log}"));
+    let line = cannot_start_line(code, &log);
     assert!(
         line.contains("ERROR")
             && line.contains(&format!("{}registration.activity", config.topic_prefix))
@@ -139,11 +143,7 @@ fn a_service_binary_on_another_process_embedded_cluster_says_what_to_do_and_exit
         ],
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(2), "{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains("cannot start"))
-        .unwrap_or_else(|| panic!("no `cannot start` line:\n{log}"));
+    let line = cannot_start_line(code, &log);
     assert!(
         line.contains("mock cluster of another process") && line.contains("create it"),
         "{line}"
